@@ -1,0 +1,69 @@
+"""efficientnet_jax: the EfficientNet family (Tan & Le, ICML 2019) in JAX/Flax.
+
+One call builds a model as users know it from timm::
+
+  model, variables = efficientnet_jax.create_model('b0')
+  logits = model.apply(variables, images, train=False)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from efficientnet_jax import arch
+from efficientnet_jax import checkpoints
+from efficientnet_jax import models
+
+# Options of the Flax module (models.EfficientNet) that create_model accepts.
+MODULE_OPTIONS = ('dtype', 'padding', 'include_top', 'bn_group_size',
+                  'depthwise_impl')
+
+
+def create_model(variant: str, *, num_classes: int = 1000,
+                 checkpoint: str | None = None, rng: jax.Array | None = None,
+                 **overrides: Any) -> tuple[models.EfficientNet, dict[str, Any]]:
+  """Builds an EfficientNet and its variables.
+
+  Args:
+    variant: 'b0'..'b8', 'l2', 'lite0'..'lite4', 'phi=<float>' (the compound
+      scaling rule) or 'lite-phi=<float>'.
+    num_classes: classifier width.
+    checkpoint: a train.py workdir or a `python -m efficientnet_jax.convert`
+      output directory; its EMA weights are used when present. The checkpoint's
+      recorded model options (padding, classes) must agree with the request.
+    rng: PRNG key for random initialisation (default key 0); unused when
+      loading a checkpoint.
+    **overrides: model-section fields (`phi`, `alpha`, `beta`, `gamma`,
+      `depth_divisor`, `drop_path_rate`, `dropout_rate`) and module options
+      (`dtype`: 'float32' or 'bfloat16', `padding`: 'same' or 'symmetric',
+      `include_top`, `bn_group_size`, `depthwise_impl`).
+
+  Returns:
+    (model, variables). `model.apply(variables, images, train=False)` takes a
+    float NHWC batch normalised as `model.spec.mean_rgb` / `model.spec.std_rgb`
+    say ((x - mean) / std on [0, 255] RGB: ImageNet mean/std for B-models,
+    (x - 127) / 128 for Lite; a converted AdvProp checkpoint records its own in
+    the checkpoint's meta) and returns float32 logits.
+  """
+  module_options = {k: overrides.pop(k) for k in MODULE_OPTIONS
+                    if k in overrides}
+  if 'dtype' in module_options:
+    module_options['dtype'] = jnp.dtype(module_options['dtype'])
+  spec = arch.spec_for(variant, **overrides)
+  model = models.EfficientNet(spec, num_classes=num_classes, **module_options)
+  if checkpoint is None:
+    rng = jax.random.key(0) if rng is None else rng
+    return model, models.init_variables(model, rng)
+  variables, _ = checkpoints.load_variables(checkpoint)
+  mismatch = checkpoints.first_mismatch(models.abstract_variables(model),
+                                        variables)
+  if mismatch:
+    raise ValueError(f'Checkpoint {checkpoint!r} does not fit {spec.name} with '
+                     f'{num_classes} classes: {mismatch}.')
+  return model, variables
+
+
+__all__ = ['arch', 'create_model', 'models']

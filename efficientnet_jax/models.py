@@ -1,0 +1,190 @@
+"""EfficientNet in Flax Linen: stem, MBConv blocks, head (Tan & Le, 2019).
+
+The modules read a resolved `arch.ArchSpec`; they never parse block strings
+or scale anything themselves. Parameter names are stable (`stem`,
+`blocks_<stage>_<index>`, `head`, `classifier`) so that converters can map the
+official TF, Keras and timm checkpoints onto them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from efficientnet_jax import arch
+from efficientnet_jax import layers
+
+ModuleDef = Any
+
+# The strides at which endpoints are reported, and the stage that closes each
+# (TPU-MODEL reduction_1..5: the last block before every stride-2 block).
+ENDPOINT_STRIDES = (2, 4, 8, 16, 32)
+
+
+class SqueezeExcite(nn.Module):
+  """Channel gate: mean-pool, reduce with bias, act, expand with bias, sigmoid.
+
+  TPU-MODEL `_call_se`. The 1x1 convs run on a 1x1 map, so they are Dense
+  layers here; their kernels are the (1, 1) conv kernels reshaped.
+  """
+  se_filters: int
+  act: Callable[[jax.Array], jax.Array]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # Squeeze in float32 (a long sum even in bf16 compute).
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    dense = functools.partial(nn.Dense, dtype=self.dtype,
+                              kernel_init=layers.conv_kernel_init)
+    gate = dense(self.se_filters, name='reduce')(pooled)
+    gate = dense(x.shape[-1], name='expand')(self.act(gate))
+    return x * nn.sigmoid(gate)[:, None, None, :].astype(x.dtype)
+
+
+class MBConv(nn.Module):
+  """Inverted-residual block with squeeze-excite (paper Sec. 4, TPU-MODEL)."""
+  spec: arch.BlockSpec
+  conv: ModuleDef
+  depthwise: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    spec = self.spec
+    inputs = x
+    if spec.expand_ratio != 1:
+      x = self.conv(spec.mid_filters, (1, 1), name='expand_conv')(x)
+      x = self.act(self.norm(name='expand_bn')(x, train=train))
+    x = self.depthwise(spec.kernel_size, spec.stride, name='depthwise_conv')(x)
+    x = self.act(self.norm(name='depthwise_bn')(x, train=train))
+    if spec.se_filters:
+      x = SqueezeExcite(spec.se_filters, self.act, self.dtype, name='se')(x)
+    x = self.conv(spec.out_filters, (1, 1), name='project_conv')(x)
+    x = self.norm(name='project_bn')(x, train=train)
+    if spec.has_skip:
+      if train and spec.drop_path_rate > 0:
+        x = layers.drop_path(x, spec.drop_path_rate, self.make_rng('dropout'))
+      x = x + inputs
+    return x
+
+
+class EfficientNet(nn.Module):
+  """The EfficientNet family; `arch.resolve` decides which member.
+
+  Attributes:
+    spec: the resolved architecture.
+    num_classes: classifier width (ignored when include_top is False).
+    dtype: compute dtype; parameters and BN statistics stay float32.
+    padding: 'same' (TF/Keras/timm tf_* weights) or 'symmetric' (timm's own
+      efficientnet_* weights).
+    include_top: False returns the endpoints dict instead of logits.
+    bn_group_size: None normalises over the whole (global, under jit) batch;
+      an int normalises consecutive groups of that many examples.
+    depthwise_impl: 'auto', 'shifted' or 'grouped' (see layers.DepthwiseConv).
+  """
+  spec: arch.ArchSpec
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+  padding: str = 'same'
+  include_top: bool = True
+  bn_group_size: int | None = None
+  depthwise_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool):
+    """Runs the network.
+
+    Args:
+      images: float (N, H, W, 3), already normalised as the variant expects:
+        (x - spec.mean_rgb) / spec.std_rgb on [0, 255] RGB (ImageNet mean/std
+        for B0-B7/L2, (x - 127) / 128 for Lite).
+      train: batch statistics, dropout and drop-path on (needs the 'dropout'
+        rng and mutable 'batch_stats').
+
+    Returns:
+      float32 logits (N, num_classes); with include_top=False a dict of
+      endpoints `stride_2` ... `stride_32` (last block output at each stride)
+      and `features` (the head activation before pooling).
+    """
+    check_images(images, endpoints=not self.include_top)
+    spec = self.spec
+    act = layers.ACTIVATIONS[spec.activation]
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=layers.conv_kernel_init)
+    depthwise = functools.partial(layers.DepthwiseConv, padding=self.padding,
+                                  impl=self.depthwise_impl, dtype=self.dtype)
+    norm = functools.partial(layers.BatchNorm, group_size=self.bn_group_size,
+                             dtype=self.dtype)
+
+    x = images.astype(self.dtype)
+    pads = layers.spatial_padding(x.shape, 3, 2, self.padding)
+    x = conv(spec.stem_filters, (3, 3), strides=(2, 2), padding=pads,
+             name='stem_conv')(x)
+    x = act(norm(name='stem_bn')(x, train=train))
+
+    endpoints = {}
+    stride = 2
+    for block in spec.blocks:
+      if block.stride == 2:
+        endpoints[f'stride_{stride}'] = x
+        stride *= 2
+      x = MBConv(block, conv, depthwise, norm, act, self.dtype,
+                 name=block.name)(x, train=train)
+    endpoints[f'stride_{stride}'] = x
+
+    x = conv(spec.head_filters, (1, 1), name='head_conv')(x)
+    x = act(norm(name='head_bn')(x, train=train))
+    if not self.include_top:
+      endpoints['features'] = x
+      return endpoints
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = nn.Dropout(spec.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype,
+                 kernel_init=layers.dense_kernel_init, name='classifier')(x)
+    return x.astype(jnp.float32)
+
+
+def check_images(images: jax.Array, *, endpoints: bool) -> None:
+  """One-line errors for inputs the network cannot take."""
+  if images.ndim != 4:
+    raise ValueError(f'EfficientNet takes NHWC images of rank 4; got shape '
+                     f'{tuple(images.shape)}. Add a batch axis with x[None].')
+  if images.shape[-1] != 3:
+    raise ValueError(f'EfficientNet takes 3 RGB channels last (NHWC); got '
+                     f'{images.shape[-1]} channels in shape '
+                     f'{tuple(images.shape)}. Convert grayscale/RGBA to RGB, '
+                     'or transpose NCHW to NHWC.')
+  if endpoints and any(size % 32 for size in images.shape[1:3]):
+    raise ValueError(f'Endpoints need height and width divisible by 32 so '
+                     f'every stride aligns; got {tuple(images.shape[1:3])}. '
+                     'Resize or pad the images.')
+
+
+def init_variables(model: EfficientNet, rng: jax.Array,
+                   resolution: int | None = None) -> dict[str, Any]:
+  """Initial {'params', 'batch_stats'} for a batch of one image."""
+  size = resolution or model.spec.resolution
+  if not model.include_top:
+    size = -(-size // 32) * 32
+  images = jnp.zeros((1, size, size, 3), jnp.float32)
+  return dict(model.init({'params': rng}, images, train=False))
+
+
+def abstract_variables(model: EfficientNet,
+                       resolution: int | None = None) -> dict[str, Any]:
+  """The variable shapes and dtypes, computed without allocating any."""
+  return jax.eval_shape(
+      functools.partial(init_variables, model, resolution=resolution),
+      jax.random.key(0))
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in a (possibly abstract) pytree of arrays."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
