@@ -273,7 +273,8 @@ def resolve(model_config: Mapping[str, Any]) -> ArchSpec:
     model_config: needs `variant` (a key of PRESETS: it picks the family and,
       when `phi` is None, the published row), `phi` (None, or a float that
       switches to the compound-scaling rule), `alpha`, `beta`, `gamma`,
-      `depth_divisor`, `drop_path_rate` and `dropout_rate` (None: the variant's).
+      `depth_divisor`, `drop_path_rate`, `dropout_rate` and `resolution`
+      (None: the variant's own).
 
   Returns:
     The ArchSpec.
@@ -300,6 +301,8 @@ def resolve(model_config: Mapping[str, Any]) -> ArchSpec:
   dropout_rate = model_config['dropout_rate']
   if dropout_rate is None:
     dropout_rate = default_dropout
+  if model_config['resolution'] is not None:
+    resolution = int(model_config['resolution'])
   drop_path_rate = float(model_config['drop_path_rate'])
   divisor = int(model_config['depth_divisor'])
   lite = family == 'lite'
@@ -336,7 +339,8 @@ def default_model_config(variant: str = 'b0') -> dict[str, Any]:
       gamma=GAMMA,
       depth_divisor=8,  # TPU-BUILD depth_divisor.
       drop_path_rate=0.2,  # TPU-BUILD survival_prob 0.8.
-      dropout_rate=None)
+      dropout_rate=None,  # None: the variant's published (or rule) value.
+      resolution=None)  # None: the variant's; set to train/eval at another.
 
 
 def parse_variant(arg: str) -> dict[str, Any]:

@@ -188,3 +188,16 @@ def abstract_variables(model: EfficientNet,
 def count_params(tree: Any) -> int:
   """Number of scalars in a (possibly abstract) pytree of arrays."""
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
+
+
+def from_config(model_config: Any, num_classes: int,
+                **options: Any) -> EfficientNet:
+  """The network a config's model section describes (see configs/common.py)."""
+  return EfficientNet(
+      arch.resolve(model_config),
+      num_classes=num_classes,
+      dtype=jnp.dtype(model_config['dtype']),
+      padding=model_config['padding'],
+      bn_group_size=model_config['bn_group_size'],
+      depthwise_impl=model_config['depthwise_impl'],
+      **options)
