@@ -1,0 +1,192 @@
+"""Pretrained EfficientNet weights from TF, Keras and timm into our checkpoints.
+
+  python -m efficientnet_jax.convert --source=tf --input=efficientnet-b0 \\
+      --variant=b0 --output=converted/b0
+
+or from Python::
+
+  converted = convert.convert('tf', 'efficientnet-b0', 'b0')
+  convert.save(converted, 'converted/b0')
+
+The output is a checkpoint directory in our format (checkpoints.py): state
+{'params', 'batch_stats'} and meta {'model' (the config's model section),
+'num_classes', 'padding', 'mean_rgb', 'std_rgb', 'source'}, which eval.py,
+fine-tuning and `efficientnet_jax.create_model(checkpoint=...)` read. Values
+are moved, never changed (transposes and reshapes only), except that timm's
+own efficientnet_* weights get their BN eps folded into the BN scales.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+from absl import logging
+
+from efficientnet_jax import arch
+from efficientnet_jax import checkpoints
+from efficientnet_jax.convert import keras
+from efficientnet_jax.convert import placement
+from efficientnet_jax.convert import tf_official
+from efficientnet_jax.convert import timm
+
+ConversionError = placement.ConversionError
+SOURCES = ('tf', 'keras', 'timm')
+PADDINGS = ('auto', 'same', 'symmetric')
+
+
+@dataclasses.dataclass
+class Converted:
+  """Converted weights: `variables` {'params', 'batch_stats'} and `meta`."""
+  variables: dict[str, Any]
+  meta: dict[str, Any]
+
+
+def model_section(variant: str, padding: str) -> dict[str, Any]:
+  """The config's model section (configs/common.py) as a plain dict."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  section = common.model_config(variant).to_dict()
+  section['padding'] = padding
+  return section
+
+
+def _resolve_padding(source: str, padding: str, path: str) -> str:
+  if padding not in PADDINGS:
+    raise ConversionError(f'Unknown padding {padding!r}; use one of '
+                          f'{", ".join(PADDINGS)}.')
+  if source == 'timm':
+    return timm.flavour_from_path(path) if padding == 'auto' else padding
+  if padding == 'symmetric':
+    raise ConversionError(
+        f"--source {source} weights were trained with TF 'same' padding; "
+        'symmetric padding exists only for timm\'s own efficientnet_* weights.')
+  return 'same'
+
+
+def _normalization(source: str, spec: arch.ArchSpec, facts: dict[str, Any],
+                   advprop: bool, padding: str
+                   ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+  """The (mean_rgb, std_rgb) on [0, 255] the weights expect, and why.
+
+  REFERENCE §6.3: ImageNet mean/std for B models, (x - 127) / 128 for Lite,
+  x * 2 / 255 - 1 for AdvProp checkpoints; Keras reads its own input layers.
+  """
+  if advprop:
+    return arch.ADVPROP_MEAN, arch.ADVPROP_STD, 'AdvProp [-1, 1]'
+  if source == 'keras':
+    return facts['mean_rgb'], facts['std_rgb'], facts['normalization']
+  if source == 'timm' and padding == 'symmetric':
+    # timm's own weights (Lite included) train with its default ImageNet
+    # mean/std (timm efficientnet.py _cfg).
+    return arch.IMAGENET_MEAN, arch.IMAGENET_STD, 'timm ImageNet mean/std'
+  return spec.mean_rgb, spec.std_rgb, f'{spec.family} default'
+
+
+def _three_floats(values: Sequence[float] | None, name: str
+                  ) -> tuple[float, ...] | None:
+  if values is None:
+    return None
+  try:
+    values = tuple(float(v) for v in values)
+  except ValueError:
+    raise ConversionError(f'--{name} takes numbers; got {values}.') from None
+  if len(values) != 3:
+    raise ConversionError(f'--{name} needs three values (R,G,B on [0, 255]); '
+                          f'got {len(values)}.')
+  return values
+
+
+def convert(source: str, path: str, variant: str, *,
+            advprop: bool | None = None, padding: str = 'auto',
+            use_ema: bool = True, allow_unused: bool = False,
+            mean_rgb: Sequence[float] | None = None,
+            std_rgb: Sequence[float] | None = None) -> Converted:
+  """Reads a published checkpoint into our variables and meta.
+
+  Args:
+    source: 'tf' (official TF checkpoints, Lite included), 'keras'
+      (keras.applications files) or 'timm' (state dicts).
+    path: the checkpoint: a TF checkpoint directory or prefix, a Keras
+      .h5/.weights.h5/.keras file, a timm .safetensors/.pth file.
+    variant: 'b0'..'b8', 'l2', 'lite0'..'lite4'.
+    advprop: the weights expect AdvProp's [-1, 1] input; None guesses from
+      the path ('advprop', or timm's '_ap' tag).
+    padding: 'auto', 'same' or 'symmetric' (only timm's own efficientnet_*
+      weights are symmetric; auto tells them apart by 'tf_efficientnet' in
+      the path).
+    use_ema: TF checkpoints: read the ExponentialMovingAverage copies.
+    allow_unused: warn about, instead of rejecting, tensors with no place.
+    mean_rgb: override the recorded input mean (on [0, 255]).
+    std_rgb: override the recorded input std (on [0, 255]).
+
+  Returns:
+    The converted variables and the checkpoint meta.
+
+  Raises:
+    ConversionError: with a one-line message naming the problem.
+  """
+  if source not in SOURCES:
+    raise ConversionError(f'Unknown source {source!r}; use one of '
+                          f'{", ".join(SOURCES)}.')
+  try:
+    spec = arch.spec_for(variant)
+  except ValueError as e:
+    raise ConversionError(str(e)) from None
+  if not os.path.exists(path) and not (
+      source == 'tf' and os.path.exists(path + '.index')):
+    raise ConversionError(f'No such file or directory: {path!r}.')
+  mean_rgb = _three_floats(mean_rgb, 'mean_rgb')
+  std_rgb = _three_floats(std_rgb, 'std_rgb')
+  padding = _resolve_padding(source, padding, path)
+  if advprop is None:
+    advprop = placement.looks_like_advprop(path)
+    if advprop:
+      logging.info('Treating %s as an AdvProp checkpoint (from its path); '
+                   'pass --noadvprop if it is not.', path)
+
+  details = ''
+  if source == 'tf':
+    variables, facts = tf_official.load(path, spec, variant, use_ema=use_ema,
+                                        allow_unused=allow_unused)
+    details = f"{facts['prefix']}, {'EMA' if facts['ema'] else 'raw'} weights"
+    path = facts['checkpoint']
+  elif source == 'keras':
+    variables, facts = keras.load(path, spec, variant,
+                                  allow_unused=allow_unused)
+  else:
+    variables, facts = timm.load(path, spec, variant, padding=padding,
+                                 allow_unused=allow_unused)
+    if facts['bn_epsilon_folded']:
+      details = f"BN eps {facts['bn_epsilon_folded']:g} folded into the scales"
+
+  mean, std, how = _normalization(source, spec, facts, advprop, padding)
+  if mean_rgb is not None or std_rgb is not None:
+    mean, std, how = mean_rgb or mean, std_rgb or std, 'given on the command line'
+  logging.info('Input normalisation (%s): mean_rgb %s, std_rgb %s.', how,
+               mean, std)
+  description = f'{source}:{os.path.abspath(path)}'
+  if details:
+    description += f' ({details})'
+  meta = dict(model=model_section(variant, padding),
+              num_classes=facts['num_classes'],
+              padding=padding,
+              mean_rgb=[float(v) for v in mean],
+              std_rgb=[float(v) for v in std],
+              source=description)
+  return Converted(variables, meta)
+
+
+def save(converted: Converted, output: str) -> None:
+  """Writes a converted checkpoint; refuses to overwrite an existing one."""
+  if checkpoints.latest_step(output) is not None:
+    raise ConversionError(f'{output!r} already holds a checkpoint; choose a '
+                          'new --output or delete it.')
+  state = dict(params=converted.variables['params'],
+               batch_stats=converted.variables['batch_stats'])
+  checkpoints.save(output, state, converted.meta)
+  logging.info('Wrote %s (%s).', output, converted.meta['source'])
+
+
+__all__ = ['ConversionError', 'Converted', 'convert', 'keras', 'save',
+           'tf_official', 'timm']

@@ -1,0 +1,59 @@
+r"""Command line: convert published EfficientNet weights into our checkpoint.
+
+  python -m efficientnet_jax.convert --source=tf \
+      --input=efficientnet-b0 --variant=b0 --output=converted/b0
+
+Errors are one line (`SystemExit` with the message): what is wrong and how to
+fix it.
+"""
+
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+
+from efficientnet_jax import convert
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum('source', None, list(convert.SOURCES),
+                  "Where the weights come from: 'tf' (official TF checkpoints "
+                  "incl. AutoAugment/RandAugment/AdvProp/NoisyStudent/Lite), "
+                  "'keras' (keras.applications .h5/.weights.h5/.keras) or "
+                  "'timm' (.safetensors, or .pth when torch is installed).")
+flags.DEFINE_string('input', None, 'The checkpoint: TF directory or prefix, '
+                    'Keras file, timm file.')
+flags.DEFINE_string('variant', None, "'b0'..'b8', 'l2', 'lite0'..'lite4'.")
+flags.DEFINE_string('output', None, 'New checkpoint directory to write.')
+flags.DEFINE_boolean('advprop', None, 'The weights expect AdvProp [-1, 1] '
+                     "input. Default: guessed from the path ('advprop', or "
+                     "timm's '_ap' tag).")
+flags.DEFINE_enum('padding', 'auto', list(convert.PADDINGS),
+                  "'auto': 'same' for tf/keras and timm tf_efficientnet_*; "
+                  "'symmetric' for timm's own efficientnet_* weights.")
+flags.DEFINE_boolean('use_ema', True, 'TF: read the ExponentialMovingAverage '
+                     'copies, as the official eval does.')
+flags.DEFINE_boolean('allow_unused', False, 'Warn about, instead of rejecting, '
+                     'checkpoint tensors that have no place in the model.')
+flags.DEFINE_list('mean_rgb', None, 'Override the recorded input mean (three '
+                  'values on [0, 255]).')
+flags.DEFINE_list('std_rgb', None, 'Override the recorded input std (three '
+                  'values on [0, 255]).')
+flags.mark_flags_as_required(['source', 'input', 'variant', 'output'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    converted = convert.convert(
+        FLAGS.source, FLAGS.input, FLAGS.variant, advprop=FLAGS.advprop,
+        padding=FLAGS.padding, use_ema=FLAGS.use_ema,
+        allow_unused=FLAGS.allow_unused, mean_rgb=FLAGS.mean_rgb,
+        std_rgb=FLAGS.std_rgb)
+    convert.save(converted, FLAGS.output)
+  except convert.ConversionError as e:
+    raise SystemExit(f'convert: error: {e}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)
