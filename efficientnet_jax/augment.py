@@ -1,0 +1,534 @@
+"""Image preprocessing and augmentation ops, as plain TensorFlow functions.
+
+Crop, resize and flip follow the official EfficientNet preprocessing (TPU-PRE,
+REFERENCE §6); AutoAugment policy 'v0' and RandAugment follow TPU-AA op by op
+on uint8 images (REFERENCE §7), so they run inside tf.data on the host CPUs.
+Where TF semantics make an official op do something other than its name says
+(uint8 wrap of Solarize's threshold, TF's clamped bit shifts in Posterize, the
+"mean" of Contrast), the op reproduces what the official code computed, and
+the comment says so.
+
+Randomness is stateless: every function that draws takes `seed`, a shape-[2]
+integer tensor, so an image and a seed always give the same result, eagerly or
+inside tf.data, on any number of threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+# TPU-PRE _decode_and_random_crop: the Inception-style crop.
+MIN_OBJECT_COVERED = 0.1
+ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
+AREA_RANGE = (0.08, 1.0)
+MAX_ATTEMPTS = 10
+
+# TPU-AA: magnitudes are levels on [0, _MAX_LEVEL], never clipped.
+MAX_LEVEL = 10.0
+# TPU-AA build_and_apply_nas_policy / distort_image_with_randaugment:
+# replace_value [128] * 3 fills pixels a geometric op pulls in from outside.
+REPLACE_VALUE = 128
+# TPU-AA hparams, absolute pixels whatever the image size.
+AUTOAUGMENT_TRANSLATE_CONST = 250
+AUTOAUGMENT_CUTOUT_CONST = 100
+RANDAUGMENT_TRANSLATE_CONST = 100
+RANDAUGMENT_CUTOUT_CONST = 40
+
+RESIZE_METHODS = {
+    'bicubic': tf.image.ResizeMethod.BICUBIC,
+    'bilinear': tf.image.ResizeMethod.BILINEAR,
+}
+
+
+def sub_seed(seed: tf.Tensor, salt: int) -> tf.Tensor:
+  """A new stateless seed from `seed`, one per distinct `salt`."""
+  return tf.random.experimental.stateless_fold_in(seed, salt)
+
+
+def _coin(seed: tf.Tensor, probability: float) -> tf.Tensor:
+  """True with `probability` (0 never, 1 always)."""
+  return tf.random.stateless_uniform([], seed) < probability
+
+
+# Crop, resize, flip (TPU-PRE).
+
+
+def random_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
+                       *, resolution: int, crop_padding: int) -> tf.Tensor:
+  """[offset_y, offset_x, height, width] of the training crop.
+
+  An Inception-style distorted box over the whole image (TPU-PRE: area
+  [0.08, 1], aspect [3/4, 4/3], min_object_covered 0.1, 10 attempts). When
+  sampling fails the box is the whole image, and TPU-PRE then uses the eval
+  centre crop instead; we decide that before decoding, so the JPEG is decoded
+  once (TPU-PRE decodes it twice).
+
+  Args:
+    image_shape: int32 [height, width] of the encoded image.
+    seed: stateless seed.
+    resolution: final side, for the centre-crop fallback.
+    crop_padding: the centre crop's padding (REFERENCE §6.2).
+
+  Returns:
+    int32 [4] crop window.
+  """
+  image_shape = tf.cast(image_shape, tf.int32)
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.concat([image_shape, [3]], axis=0),
+      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed,
+      min_object_covered=MIN_OBJECT_COVERED,
+      aspect_ratio_range=ASPECT_RATIO_RANGE,
+      area_range=AREA_RANGE,
+      max_attempts=MAX_ATTEMPTS,
+      use_image_if_no_bounding_boxes=True)
+  window = tf.stack([begin[0], begin[1], size[0], size[1]])
+  # TPU-PRE `_at_least_x_are_equal(original_shape, crop_shape, 3)`.
+  is_whole_image = tf.reduce_all(tf.equal(size[:2], image_shape))
+  return tf.cond(
+      is_whole_image,
+      lambda: center_crop_window(image_shape, resolution=resolution,
+                                 crop_padding=crop_padding),
+      lambda: window)
+
+
+def center_crop_window(image_shape: tf.Tensor, *, resolution: int,
+                       crop_padding: int) -> tf.Tensor:
+  """[offset_y, offset_x, side, side] of the eval centre crop.
+
+  TPU-PRE `_decode_and_center_crop` with PAD=32 (REFERENCE §6.2): side =
+  floor(resolution / (resolution + pad) * min(height, width)), offsets rounded
+  up. Images under 2 px would get an empty crop; we keep at least 1 px.
+  """
+  image_shape = tf.cast(image_shape, tf.int32)
+  height, width = image_shape[0], image_shape[1]
+  fraction = resolution / (resolution + crop_padding)
+  side = tf.cast(fraction * tf.cast(tf.minimum(height, width), tf.float32),
+                 tf.int32)
+  side = tf.maximum(side, 1)
+  offset_y = (height - side + 1) // 2
+  offset_x = (width - side + 1) // 2
+  return tf.stack([offset_y, offset_x, side, side])
+
+
+def decode_and_crop(image_bytes: tf.Tensor,
+                    window_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+  """Decodes the crop `window_fn([height, width])` of an encoded image.
+
+  JPEGs go through the fused decode-and-crop (only the window's rows are
+  decoded, TPU-PRE); PNG/GIF/BMP are decoded whole, then cropped. Gray images
+  become RGB by replication and an alpha channel is dropped (channels=3).
+
+  Returns:
+    uint8 [height, width, 3].
+  """
+
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(image_bytes)[:2]
+    return tf.image.decode_and_crop_jpeg(image_bytes, window_fn(shape),
+                                         channels=3)
+
+  def other():
+    image = tf.io.decode_image(image_bytes, channels=3,
+                               expand_animations=False)
+    window = window_fn(tf.shape(image)[:2])
+    return tf.slice(image, [window[0], window[1], 0],
+                    [window[2], window[3], 3])
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def resize(image: tf.Tensor, resolution: int, method: str) -> tf.Tensor:
+  """Resizes to resolution x resolution, ignoring aspect ratio; float32 out.
+
+  TF1 kernels as in TPU-PRE (`tf.compat.v1.image.resize`): no half-pixel
+  centres, no antialiasing; the bicubic result can overshoot [0, 255].
+  """
+  if method not in RESIZE_METHODS:
+    raise ValueError(f'resize_method {method!r}: use one of '
+                     f'{sorted(RESIZE_METHODS)}.')
+  resized = tf.compat.v1.image.resize(
+      image[None], [resolution, resolution], method=RESIZE_METHODS[method])
+  return tf.cast(resized[0], tf.float32)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Horizontal flip with probability 0.5 (TPU-PRE `_flip`)."""
+  return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+# AutoAugment / RandAugment ops (TPU-AA), uint8 [H, W, 3] in and out.
+
+
+def blend(image1: tf.Tensor, image2: tf.Tensor,
+          factor: float | tf.Tensor) -> tf.Tensor:
+  """image1 + factor * (image2 - image1), clipped to [0, 255], truncated.
+
+  TPU-AA skips the clip for 0 < factor < 1 and returns an input unchanged
+  for factor 0 or 1; on uint8 inputs the clipped formula gives the same
+  pixels in those cases, so one formula serves every factor, also a tensor.
+  """
+  image1 = tf.cast(image1, tf.float32)
+  image2 = tf.cast(image2, tf.float32)
+  blended = image1 + tf.cast(factor, tf.float32) * (image2 - image1)
+  return tf.cast(tf.clip_by_value(blended, 0.0, 255.0), tf.uint8)
+
+
+def autocontrast(image: tf.Tensor) -> tf.Tensor:
+  """Per channel, stretch [min, max] to [0, 255]; flat channels unchanged."""
+  pixels = tf.cast(image, tf.float32)
+  low = tf.reduce_min(pixels, axis=[0, 1])
+  high = tf.reduce_max(pixels, axis=[0, 1])
+  # hi - lo >= 1 wherever the result is used, so the guard changes nothing.
+  scale = 255.0 / tf.maximum(high - low, 1.0)
+  offset = -low * scale
+  stretched = tf.cast(tf.clip_by_value(pixels * scale + offset, 0.0, 255.0),
+                      tf.uint8)
+  return tf.where(high > low, stretched, image)
+
+
+def equalize(image: tf.Tensor) -> tf.Tensor:
+  """PIL-style histogram equalisation, each channel on its own (TPU-AA)."""
+  # [3, H*W]: one row per channel, so one bincount serves all three.
+  values = tf.transpose(tf.reshape(tf.cast(image, tf.int32), [-1, 3]))
+  histogram = tf.math.bincount(values, minlength=256, maxlength=256, axis=-1)
+  # The count of the highest value present (TPU-AA: last nonzero bin).
+  top_count = tf.gather(histogram, tf.reduce_max(values, axis=1),
+                        batch_dims=1)
+  step = (tf.reduce_sum(histogram, axis=1) - top_count) // 255
+  safe_step = tf.maximum(step, 1)[:, None]
+  lut = (tf.cumsum(histogram, axis=1) + safe_step // 2) // safe_step
+  lut = tf.clip_by_value(
+      tf.concat([tf.zeros_like(lut[:, :1]), lut[:, :-1]], axis=1), 0, 255)
+  equalized = tf.gather(lut, values, batch_dims=1)
+  # step 0 (at most one value besides the top one): channel unchanged.
+  equalized = tf.where(step[:, None] == 0, values, equalized)
+  return tf.reshape(tf.transpose(tf.cast(equalized, tf.uint8)),
+                    tf.shape(image))
+
+
+def invert(image: tf.Tensor) -> tf.Tensor:
+  return 255 - image
+
+
+def posterize(image: tf.Tensor, bits: int | tf.Tensor) -> tf.Tensor:
+  """Keeps the top `bits` bits of every pixel.
+
+  TPU-AA shifts right then left by the Python int 8 - bits, which TF converts
+  to uint8 (so -3 becomes 253) and its CPU kernel clamps to [0, 7]: bits 0
+  (magnitude <= 2) keeps the top bit instead of giving a black image, and
+  bits > 8 (RandAugment M >= 23) also keeps only the top bit.
+  """
+  shift = tf.cast(tf.math.floormod(8 - tf.cast(bits, tf.int32), 256),
+                  tf.uint8)
+  return tf.bitwise.left_shift(tf.bitwise.right_shift(image, shift), shift)
+
+
+def solarize(image: tf.Tensor, threshold: int | tf.Tensor) -> tf.Tensor:
+  """Inverts the pixels >= threshold.
+
+  TPU-AA compares the uint8 image with a Python int, which TF converts to
+  uint8: threshold 256 (magnitude 10) wraps to 0 and inverts every pixel
+  rather than none (also seen in big_vision, google-research/big_vision#110).
+  """
+  threshold = tf.cast(tf.math.floormod(tf.cast(threshold, tf.int32), 256),
+                      tf.uint8)
+  return tf.where(image < threshold, image, 255 - image)
+
+
+def solarize_add(image: tf.Tensor, addition: int | tf.Tensor,
+                 threshold: int = 128) -> tf.Tensor:
+  """Adds `addition` to the pixels below `threshold`, clipped to 255."""
+  added = tf.cast(image, tf.int64) + tf.cast(addition, tf.int64)
+  added = tf.cast(tf.clip_by_value(added, 0, 255), tf.uint8)
+  return tf.where(image < threshold, added, image)
+
+
+def color(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """Blend with the image's grayscale version (PIL ImageEnhance.Color)."""
+  gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+  return blend(gray, image, factor)
+
+
+def contrast(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """Blend with a flat gray image, as TPU-AA computes it.
+
+  TPU-AA's "mean" is the sum of a 256-bin histogram of the grayscale image
+  divided by 256, i.e. pixel_count / 256 (196 at 224 px, 255 from ~256 px up),
+  not the mean intensity (REFERENCE §7.2); reproduced as such.
+  """
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  level = tf.cast(height * width, tf.float32) / 256.0
+  level = tf.cast(tf.clip_by_value(level, 0.0, 255.0), tf.uint8)
+  return blend(tf.fill(tf.shape(image), level), image, factor)
+
+
+def brightness(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """Blend with black."""
+  return blend(tf.zeros_like(image), image, factor)
+
+
+def sharpness(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
+  """Blend with a 3x3 smoothing of the image, borders kept (PIL SMOOTH)."""
+  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]],
+                       tf.float32) / 13.0
+  kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+  smooth = tf.nn.depthwise_conv2d(
+      tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1], 'VALID')[0]
+  smooth = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8)
+  inner = tf.pad(tf.ones_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]])
+  smooth = tf.where(inner, tf.pad(smooth, [[1, 1], [1, 1], [0, 0]]), image)
+  return blend(smooth, image, factor)
+
+
+def _transform(image: tf.Tensor, transform: list[tf.Tensor]) -> tf.Tensor:
+  """Projective transform, output -> input coordinates, nearest, fill 128.
+
+  TPU-AA used tf.contrib.image (nearest neighbour) on the image plus an
+  all-ones channel and set pixels whose extra channel came out 0 to 128; with
+  nearest sampling that is exactly a constant fill of 128.
+  """
+  transform = tf.reshape(
+      tf.stack([tf.cast(t, tf.float32) for t in transform]), [1, 8])
+  output = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=transform,
+      output_shape=tf.shape(image)[:2],
+      fill_value=tf.constant(REPLACE_VALUE, tf.float32),
+      interpolation='NEAREST', fill_mode='CONSTANT')
+  return tf.ensure_shape(output[0], image.shape)
+
+
+def rotate(image: tf.Tensor, degrees: float | tf.Tensor) -> tf.Tensor:
+  """Rotates counter-clockwise about the centre (contrib rotate's matrix)."""
+  radians = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+  height = tf.cast(tf.shape(image)[0], tf.float32)
+  width = tf.cast(tf.shape(image)[1], tf.float32)
+  cos, sin = tf.cos(radians), tf.sin(radians)
+  offset_x = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
+  offset_y = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2.0
+  return _transform(image, [cos, -sin, offset_x, sin, cos, offset_y, 0.0, 0.0])
+
+
+def shear_x(image: tf.Tensor, level: float | tf.Tensor) -> tf.Tensor:
+  """Output (x, y) reads input (x + level * y, y)."""
+  return _transform(image, [1.0, level, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def shear_y(image: tf.Tensor, level: float | tf.Tensor) -> tf.Tensor:
+  """Output (x, y) reads input (x, y + level * x)."""
+  return _transform(image, [1.0, 0.0, 0.0, level, 1.0, 0.0, 0.0, 0.0])
+
+
+def translate_x(image: tf.Tensor, pixels: float | tf.Tensor) -> tf.Tensor:
+  """Moves the content `pixels` to the left (TPU-AA translate [-pixels, 0])."""
+  return _transform(image, [1.0, 0.0, pixels, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def translate_y(image: tf.Tensor, pixels: float | tf.Tensor) -> tf.Tensor:
+  """Moves the content `pixels` up."""
+  return _transform(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0, 0.0])
+
+
+def cutout(image: tf.Tensor, pad_size: int | tf.Tensor, seed: tf.Tensor,
+           replace: int = REPLACE_VALUE) -> tf.Tensor:
+  """Fills a 2*pad_size square, centred uniformly, clipped at the borders."""
+  pad_size = tf.cast(pad_size, tf.int32)
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  center_y = tf.random.stateless_uniform(
+      [], sub_seed(seed, 0), minval=0, maxval=height, dtype=tf.int32)
+  center_x = tf.random.stateless_uniform(
+      [], sub_seed(seed, 1), minval=0, maxval=width, dtype=tf.int32)
+  rows = tf.range(height)[:, None, None]
+  cols = tf.range(width)[None, :, None]
+  inside = ((rows >= center_y - pad_size) & (rows < center_y + pad_size) &
+            (cols >= center_x - pad_size) & (cols < center_x + pad_size))
+  return tf.where(inside, tf.constant(replace, image.dtype), image)
+
+
+# Magnitude -> argument (TPU-AA level_to_arg, REFERENCE §7.2).
+
+# Ops whose argument flips sign with probability 0.5 (TPU-AA
+# _randomly_negate_tensor).
+SIGNED_OPS = frozenset(
+    {'Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY'})
+
+
+def op_argument(name: str, magnitude: float, *, translate_const: int,
+                cutout_const: int) -> float | int | None:
+  """The (unsigned) argument op `name` gets at `magnitude`; None if none."""
+  level = magnitude / MAX_LEVEL
+  if name in ('AutoContrast', 'Equalize', 'Invert'):
+    return None
+  if name == 'Rotate':
+    return level * 30.0
+  if name == 'Posterize':
+    return int(level * 4)
+  if name == 'Solarize':
+    return int(level * 256)
+  if name == 'SolarizeAdd':
+    return int(level * 110)
+  if name in ('Color', 'Contrast', 'Brightness', 'Sharpness'):
+    return level * 1.8 + 0.1
+  if name in ('ShearX', 'ShearY'):
+    return level * 0.3
+  if name in ('TranslateX', 'TranslateY'):
+    return level * float(translate_const)
+  if name == 'Cutout':
+    return int(level * cutout_const)
+  raise ValueError(f'unknown augmentation op {name!r}.')
+
+
+_OP_FUNCTIONS = {
+    'AutoContrast': autocontrast,
+    'Equalize': equalize,
+    'Invert': invert,
+    'Rotate': rotate,
+    'Posterize': posterize,
+    'Solarize': solarize,
+    'SolarizeAdd': solarize_add,
+    'Color': color,
+    'Contrast': contrast,
+    'Brightness': brightness,
+    'Sharpness': sharpness,
+    'ShearX': shear_x,
+    'ShearY': shear_y,
+    'TranslateX': translate_x,
+    'TranslateY': translate_y,
+    'Cutout': cutout,
+}
+
+
+def apply_op(image: tf.Tensor, name: str, argument: float | tf.Tensor | None,
+             seed: tf.Tensor) -> tf.Tensor:
+  """Applies op `name` with its (unsigned) argument; seed draws sign/place."""
+  function = _OP_FUNCTIONS[name]
+  if name in ('AutoContrast', 'Equalize', 'Invert'):
+    return function(image)
+  if name == 'Cutout':
+    return function(image, argument, seed)
+  if name in SIGNED_OPS:
+    argument = tf.where(_coin(seed, 0.5), argument, -argument)
+  return function(image, argument)
+
+
+def _apply_indexed(image: tf.Tensor, names: Sequence[str], index: tf.Tensor,
+                   argument: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Applies names[index], or nothing when index == len(names).
+
+  One switch over the distinct ops, the argument a tensor, keeps the traced
+  graph small: a branch per sub-policy op (50 for v0) takes seconds to build
+  and optimise every time a pipeline starts.
+  """
+  branches = [functools.partial(apply_op, image, name, argument, seed)
+              for name in names]
+  branches.append(lambda: image)
+  return tf.ensure_shape(tf.switch_case(index, branches), image.shape)
+
+
+# TPU-AA policy_v0, verbatim: 25 sub-policies of (op, probability, magnitude).
+# The magnitudes of Equalize/Invert/AutoContrast are ignored (REFERENCE §7.3).
+POLICY_V0 = (
+    (('Equalize', 0.8, 1), ('ShearY', 0.8, 4)),
+    (('Color', 0.4, 9), ('Equalize', 0.6, 3)),
+    (('Color', 0.4, 1), ('Rotate', 0.6, 8)),
+    (('Solarize', 0.8, 3), ('Equalize', 0.4, 7)),
+    (('Solarize', 0.4, 2), ('Solarize', 0.6, 2)),
+    (('Color', 0.2, 0), ('Equalize', 0.8, 8)),
+    (('Equalize', 0.4, 8), ('SolarizeAdd', 0.8, 3)),
+    (('ShearX', 0.2, 9), ('Rotate', 0.6, 8)),
+    (('Color', 0.6, 1), ('Equalize', 1.0, 2)),
+    (('Invert', 0.4, 9), ('Rotate', 0.6, 0)),
+    (('Equalize', 1.0, 9), ('ShearY', 0.6, 3)),
+    (('Color', 0.4, 7), ('Equalize', 0.6, 0)),
+    (('Posterize', 0.4, 6), ('AutoContrast', 0.4, 7)),
+    (('Solarize', 0.6, 8), ('Color', 0.6, 9)),
+    (('Solarize', 0.2, 4), ('Rotate', 0.8, 9)),
+    (('Rotate', 1.0, 7), ('TranslateY', 0.8, 9)),
+    (('ShearX', 0.0, 0), ('Solarize', 0.8, 4)),
+    (('ShearY', 0.8, 0), ('Color', 0.6, 4)),
+    (('Color', 1.0, 0), ('Rotate', 0.6, 2)),
+    (('Equalize', 0.8, 4), ('Equalize', 0.0, 8)),
+    (('Equalize', 1.0, 4), ('AutoContrast', 0.6, 2)),
+    (('ShearY', 0.4, 7), ('SolarizeAdd', 0.6, 7)),
+    (('Posterize', 0.8, 2), ('Solarize', 0.6, 10)),
+    (('Solarize', 0.6, 8), ('Equalize', 0.6, 1)),
+    (('Color', 0.8, 6), ('Rotate', 0.4, 5)),
+)
+
+# TPU-AA distort_image_with_randaugment `available_ops`, in its order.
+RANDAUGMENT_OPS = (
+    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize',
+    'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY',
+    'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
+
+
+def autoaugment_tables(policy=POLICY_V0):
+  """The distinct op names and [sub-policy, slot] tables of a policy.
+
+  Returns:
+    (names, op_index, probability, argument): op_index int32, probability
+    and argument float32 numpy arrays of shape [len(policy), 2], the
+    argument resolved with the AutoAugment constants (REFERENCE §7.3).
+  """
+  names = tuple(sorted({name for sub_policy in policy
+                        for name, _, _ in sub_policy}))
+  op_index = [[names.index(name) for name, _, _ in sub_policy]
+              for sub_policy in policy]
+  probability = [[p for _, p, _ in sub_policy] for sub_policy in policy]
+  argument = [[op_argument(name, magnitude,
+                           translate_const=AUTOAUGMENT_TRANSLATE_CONST,
+                           cutout_const=AUTOAUGMENT_CUTOUT_CONST) or 0.0
+               for name, _, magnitude in sub_policy]
+              for sub_policy in policy]
+  return (names, np.array(op_index, np.int32),
+          np.array(probability, np.float32), np.array(argument, np.float32))
+
+
+def autoaugment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """AutoAugment policy 'v0': one of 25 sub-policies, chosen uniformly.
+
+  The sub-policy's two ops run in order, each with its own probability.
+  """
+  names, op_index, probability, argument = autoaugment_tables()
+  chosen = tf.random.stateless_uniform(
+      [], sub_seed(seed, 0), minval=0, maxval=len(POLICY_V0), dtype=tf.int32)
+  for slot in range(op_index.shape[1]):
+    slot_seed = sub_seed(seed, slot + 1)
+    applied = _coin(sub_seed(slot_seed, 0),
+                    tf.gather(probability[:, slot], chosen))
+    index = tf.where(applied, tf.gather(op_index[:, slot], chosen),
+                     len(names))
+    image = _apply_indexed(image, names, index,
+                           tf.gather(argument[:, slot], chosen),
+                           sub_seed(slot_seed, 1))
+  return image
+
+
+def randaugment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int,
+                magnitude: int) -> tf.Tensor:
+  """RandAugment: `num_layers` ops drawn uniformly (with replacement).
+
+  Each drawn op is always applied at the fixed `magnitude` (TPU-AA samples a
+  probability per op but never uses it, REFERENCE §7.4).
+  """
+  arguments = np.array(
+      [op_argument(name, float(magnitude),
+                   translate_const=RANDAUGMENT_TRANSLATE_CONST,
+                   cutout_const=RANDAUGMENT_CUTOUT_CONST) or 0.0
+       for name in RANDAUGMENT_OPS], np.float32)
+  for layer in range(num_layers):
+    layer_seed = sub_seed(seed, layer)
+    index = tf.random.stateless_uniform(
+        [], sub_seed(layer_seed, 0), minval=0, maxval=len(RANDAUGMENT_OPS),
+        dtype=tf.int32)
+    image = _apply_indexed(image, RANDAUGMENT_OPS, index,
+                           tf.gather(arguments, index),
+                           sub_seed(layer_seed, 1))
+  return image
