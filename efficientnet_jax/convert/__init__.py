@@ -162,7 +162,8 @@ def convert(source: str, path: str, variant: str, *,
 
   mean, std, how = _normalization(source, spec, facts, advprop, padding)
   if mean_rgb is not None or std_rgb is not None:
-    mean, std, how = mean_rgb or mean, std_rgb or std, 'given on the command line'
+    mean, std = mean_rgb or mean, std_rgb or std
+    how = 'given on the command line'
   logging.info('Input normalisation (%s): mean_rgb %s, std_rgb %s.', how,
                mean, std)
   description = f'{source}:{os.path.abspath(path)}'
@@ -177,16 +178,21 @@ def convert(source: str, path: str, variant: str, *,
   return Converted(variables, meta)
 
 
-def save(converted: Converted, output: str) -> None:
-  """Writes a converted checkpoint; refuses to overwrite an existing one."""
+def check_output(output: str) -> None:
+  """Refuses an output directory that already holds a checkpoint."""
   if checkpoints.latest_step(output) is not None:
     raise ConversionError(f'{output!r} already holds a checkpoint; choose a '
                           'new --output or delete it.')
+
+
+def save(converted: Converted, output: str) -> None:
+  """Writes a converted checkpoint; refuses to overwrite an existing one."""
+  check_output(output)
   state = dict(params=converted.variables['params'],
                batch_stats=converted.variables['batch_stats'])
   checkpoints.save(output, state, converted.meta)
   logging.info('Wrote %s (%s).', output, converted.meta['source'])
 
 
-__all__ = ['ConversionError', 'Converted', 'convert', 'keras', 'save',
-           'tf_official', 'timm']
+__all__ = ['ConversionError', 'Converted', 'check_output', 'convert', 'keras',
+           'save', 'tf_official', 'timm']

@@ -45,6 +45,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
+    convert.check_output(FLAGS.output)  # Before the (slow) conversion.
     converted = convert.convert(
         FLAGS.source, FLAGS.input, FLAGS.variant, advprop=FLAGS.advprop,
         padding=FLAGS.padding, use_ema=FLAGS.use_ema,

@@ -1,4 +1,4 @@
-"""Keras applications EfficientNetB0-B7 weights (keras/src/applications/efficientnet.py).
+"""Keras applications EfficientNetB0-B7 weights (KERAS: keras/src/applications).
 
 Three file layouts are read directly with h5py (no keras import):
 - legacy HDF5, as `keras.applications` publishes its ImageNet weights
@@ -18,7 +18,8 @@ The model normalises its own input: Rescaling(1/255), Normalization, and for
 `weights='imagenet'` one more Rescaling(1/sqrt(std)) because the ImageNet std
 is stored in the Normalization's variance slot (tensorflow/tensorflow#49930).
 Our network takes normalised images, so those layers become the mean_rgb /
-std_rgb on [0, 255] recorded in the converted checkpoint (`input_normalization`).
+std_rgb on [0, 255] recorded in the converted checkpoint
+(`input_normalization`).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def _read_legacy(group: h5py.Group) -> dict[str, np.ndarray]:
     for weight in group[layer].attrs.get('weight_names', []):
       weight = _text(weight)
       variable = weight.split('/')[-1].split(':')[0]
-      # Keras 2 called the depthwise weight 'depthwise_kernel', Keras 3 'kernel'.
+      # Keras 2 named the depthwise weight 'depthwise_kernel', Keras 3 'kernel'.
       variable = 'kernel' if variable == 'depthwise_kernel' else variable
       arrays[f'{layer}/{variable}'] = np.asarray(group[layer][weight])
   return arrays

@@ -1,4 +1,4 @@
-"""Shared machinery of the converters: our layer list, tensor layouts, placement.
+"""What the converters share: our layer list, tensor layouts, placement.
 
 Every source (official TF, Keras applications, timm) builds the same network
 in the same order: stem conv and BN; per block the optional expansion conv and
@@ -17,7 +17,6 @@ import dataclasses
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from efficientnet_jax import arch
@@ -313,7 +312,3 @@ def looks_like_advprop(path: str) -> bool:
   tf_efficientnet_b0.ap_in1k)."""
   text = path_tokens(path)
   return 'advprop' in text or re.search(r'[._]ap([-_.]|$)', text) is not None
-
-
-def tree_map_float32(tree: Any) -> Any:
-  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), tree)

@@ -1,4 +1,4 @@
-"""The official TensorFlow checkpoints (tensorflow/tpu models/official/efficientnet).
+"""The official TF checkpoints (tensorflow/tpu models/official/efficientnet).
 
 Variable names, verified against TPU-MODEL (efficientnet_model.py) and
 TPU-BUILD (efficientnet_builder.py); the Lite builder reuses the same model
@@ -60,8 +60,10 @@ def block_layer_names(block: arch.BlockSpec) -> dict[str, str]:
               project_conv='conv2d', project_bn='tpu_batch_normalization_1')
 
 
-HEAD_LAYERS = dict(stem_conv='stem/conv2d', stem_bn='stem/tpu_batch_normalization',
-                   head_conv='head/conv2d', head_bn='head/tpu_batch_normalization',
+HEAD_LAYERS = dict(stem_conv='stem/conv2d',
+                   stem_bn='stem/tpu_batch_normalization',
+                   head_conv='head/conv2d',
+                   head_bn='head/tpu_batch_normalization',
                    classifier='head/dense')
 
 
@@ -189,6 +191,9 @@ def load(path: str, spec: arch.ArchSpec, variant: str, *, use_ema: bool = True,
   prefix_path = find_checkpoint(path)
   source = CheckpointSource(prefix_path, use_ema)
   prefix = model_prefix(source)
+  if prefix != spec.name:
+    logging.warning('The checkpoint is %s, converting it as %s.', prefix,
+                    spec.name)
   has_se = any(f'{prefix}/blocks_' in name and '/se/' in name
                for name in source.shapes)
   placement.check_family(spec, has_se, source.description, variant)

@@ -108,7 +108,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise placement.ConversionError(f'No timm weights file at {path!r}.')
   lower = path.lower()
   if lower.endswith(SAFETENSORS):
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from safetensors import numpy as safetensors_numpy
     try:
       loaded = safetensors_numpy.load_file(path)
     except Exception as e:  # pylint: disable=broad-except
