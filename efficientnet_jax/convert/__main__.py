@@ -28,8 +28,10 @@ flags.DEFINE_boolean('advprop', None, 'The weights expect AdvProp [-1, 1] '
                      "input. Default: guessed from the path ('advprop', or "
                      "timm's '_ap' tag).")
 flags.DEFINE_enum('padding', 'auto', list(convert.PADDINGS),
-                  "'auto': 'same' for tf/keras and timm tf_efficientnet_*; "
-                  "'symmetric' for timm's own efficientnet_* weights.")
+                  "'auto': 'same' for tf/keras and timm tf_efficientnet_*, "
+                  "'symmetric' for timm's own efficientnet_* weights (whose "
+                  'BN eps 1e-5 is then folded into the BN scales); timm '
+                  "kinds are told apart by 'tf_efficientnet' in the path.")
 flags.DEFINE_boolean('use_ema', True, 'TF: read the ExponentialMovingAverage '
                      'copies, as the official eval does.')
 flags.DEFINE_boolean('allow_unused', False, 'Warn about, instead of rejecting, '
