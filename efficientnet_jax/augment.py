@@ -491,6 +491,24 @@ def autoaugment_tables(policy=POLICY_V0):
           np.array(probability, np.float32), np.array(argument, np.float32))
 
 
+def _apply_in_turn(image: tf.Tensor, names: Sequence[str], indices: tf.Tensor,
+                   arguments: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
+  """Applies names[indices[i]] with arguments[i] and seeds[i], i = 0, 1, ...
+
+  A loop around a single switch: the graph holds each op once, however many
+  ops run in turn.
+  """
+
+  def body(step, image):
+    image = _apply_indexed(image, names, indices[step], arguments[step],
+                           seeds[step])
+    return step + 1, image
+
+  _, image = tf.while_loop(lambda step, _: step < tf.size(indices), body,
+                           (tf.constant(0), image))
+  return image
+
+
 def autoaugment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """AutoAugment policy 'v0': one of 25 sub-policies, chosen uniformly.
 
@@ -499,16 +517,16 @@ def autoaugment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   names, op_index, probability, argument = autoaugment_tables()
   chosen = tf.random.stateless_uniform(
       [], sub_seed(seed, 0), minval=0, maxval=len(POLICY_V0), dtype=tf.int32)
-  for slot in range(op_index.shape[1]):
-    slot_seed = sub_seed(seed, slot + 1)
-    applied = _coin(sub_seed(slot_seed, 0),
-                    tf.gather(probability[:, slot], chosen))
-    index = tf.where(applied, tf.gather(op_index[:, slot], chosen),
-                     len(names))
-    image = _apply_indexed(image, names, index,
-                           tf.gather(argument[:, slot], chosen),
-                           sub_seed(slot_seed, 1))
-  return image
+  slots = range(op_index.shape[1])
+  draws = tf.stack([tf.random.stateless_uniform([], sub_seed(seed, 1 + slot))
+                    for slot in slots])
+  applied = draws < tf.gather(probability, chosen)
+  # Index len(names) is "no op".
+  indices = tf.where(applied, tf.gather(op_index, chosen), len(names))
+  op_seeds = tf.stack([sub_seed(seed, 1 + len(slots) + slot)
+                       for slot in slots])
+  return _apply_in_turn(image, names, indices, tf.gather(argument, chosen),
+                        op_seeds)
 
 
 def randaugment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int,
@@ -518,17 +536,18 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int,
   Each drawn op is always applied at the fixed `magnitude` (TPU-AA samples a
   probability per op but never uses it, REFERENCE §7.4).
   """
+  if num_layers == 0:
+    return image
   arguments = np.array(
       [op_argument(name, float(magnitude),
                    translate_const=RANDAUGMENT_TRANSLATE_CONST,
                    cutout_const=RANDAUGMENT_CUTOUT_CONST) or 0.0
        for name in RANDAUGMENT_OPS], np.float32)
-  for layer in range(num_layers):
-    layer_seed = sub_seed(seed, layer)
-    index = tf.random.stateless_uniform(
-        [], sub_seed(layer_seed, 0), minval=0, maxval=len(RANDAUGMENT_OPS),
-        dtype=tf.int32)
-    image = _apply_indexed(image, RANDAUGMENT_OPS, index,
-                           tf.gather(arguments, index),
-                           sub_seed(layer_seed, 1))
-  return image
+  layers = range(num_layers)
+  indices = tf.stack([
+      tf.random.stateless_uniform([], sub_seed(seed, layer), minval=0,
+                                  maxval=len(RANDAUGMENT_OPS), dtype=tf.int32)
+      for layer in layers])
+  op_seeds = tf.stack([sub_seed(seed, num_layers + layer) for layer in layers])
+  return _apply_in_turn(image, RANDAUGMENT_OPS, indices,
+                        tf.gather(arguments, indices), op_seeds)

@@ -1,4 +1,4 @@
-"""TFDS builders for the input pipeline, with the checks that make bad input loud.
+"""TFDS builders for the input pipeline, and the checks on bad input.
 
 `get_builder` turns `config.dataset` / `config.data_dir` into a prepared
 `tfds.core.DatasetBuilder`, or raises a one-line error that names the problem
@@ -33,8 +33,8 @@ IMAGENET_ARCHIVES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 def digits_images_and_labels() -> tuple[np.ndarray, np.ndarray]:
   """All 1797 digits as uint8 (N, 32, 32, 1) images on [0, 255], int labels."""
   # Imported here: scikit-learn is only needed when the demo data is prepared.
-  from sklearn import datasets as sklearn_datasets  # pylint: disable=g-import-not-at-top
-  digits = sklearn_datasets.load_digits()
+  import sklearn.datasets  # pylint: disable=g-import-not-at-top
+  digits = sklearn.datasets.load_digits()
   # load_digits: integer intensities 0..16 (UCI optdigits), white on black.
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
   scale = DIGITS_SIZE // images.shape[1]
@@ -43,10 +43,9 @@ def digits_images_and_labels() -> tuple[np.ndarray, np.ndarray]:
   return images[..., None], digits.target.astype(np.int64)
 
 
-def digits_split_indices() -> dict[str, np.ndarray]:
+def digits_split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
   """Indices of the fixed, class-stratified train/test split (1437/360)."""
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
-  _, labels = digits_images_and_labels()
   train, test = model_selection.train_test_split(
       np.arange(len(labels)), test_size=DIGITS_TEST_SIZE, stratify=labels,
       random_state=DIGITS_SPLIT_SEED)
@@ -77,12 +76,11 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The data ships inside scikit-learn.
-    indices = digits_split_indices()
-    return {name: self._generate_examples(index)
-            for name, index in indices.items()}
-
-  def _generate_examples(self, indices):
     images, labels = digits_images_and_labels()
+    return {name: self._generate_examples(images, labels, indices)
+            for name, indices in digits_split_indices(labels).items()}
+
+  def _generate_examples(self, images, labels, indices):
     for index in indices:
       yield int(index), {'image': images[index], 'label': int(labels[index])}
 

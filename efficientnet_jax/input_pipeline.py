@@ -35,6 +35,10 @@ from efficientnet_jax import datasets
 AUGMENTATIONS = ('none', 'autoaugment', 'randaugment')
 # Files read at once; the Flax ImageNet example and tfds use 16 too.
 CYCLE_LENGTH = 16
+# The map functions are plain TF ops with no Python control flow on tensors;
+# skipping AutoGraph's source conversion saves seconds of tracing per pipeline.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 # Batches buffered ahead of the trainer: enough to hide step jitter, small
 # enough that host memory stays a few batches (no AUTOTUNE growth).
 PREFETCH_BATCHES = 2
@@ -109,6 +113,7 @@ def _read_records(ranges: Sequence[_FileRange], first_index: int, *,
   if file_order_seed is not None:
     files = files.shuffle(len(ranges), seed=file_order_seed)
 
+  @_no_autograph
   def read_file(filename, skip, take, offset):
     indices = tf.data.Dataset.range(offset, offset + take)
     records = tf.data.TFRecordDataset(filename).skip(skip).take(take)
@@ -207,6 +212,7 @@ def train_dataset(config, *, resolution: int, resize_method: str, mean_rgb,
   process_seed = tf.constant([config.seed, process_index], tf.int64)
   buffer_size = min(config.shuffle_buffer_size, shard_size)
 
+  @_no_autograph
   def epoch_examples(epoch):
     epoch_seed = tf.random.experimental.stateless_fold_in(process_seed, epoch)
     order_seeds = tf.random.stateless_uniform(
@@ -215,8 +221,10 @@ def train_dataset(config, *, resolution: int, resize_method: str, mean_rgb,
                             file_order_seed=order_seeds[0])
     records = records.shuffle(buffer_size, seed=order_seeds[1],
                               reshuffle_each_iteration=False)
-    return records.map(lambda index, record: (epoch_seed, index, record))
+    return records.map(
+        _no_autograph(lambda index, record: (epoch_seed, index, record)))
 
+  @_no_autograph
   def preprocess(epoch_seed, index, record):
     image_bytes, label = _parse(builder, record)
     seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
@@ -292,6 +300,7 @@ def create_eval_iter(config, *, resolution: int, resize_method: str, mean_rgb,
   num_batches = max(1, math.ceil(largest_shard / local_batch_size))
   num_padding = num_batches * local_batch_size - shard_size
 
+  @_no_autograph
   def preprocess(index, record):
     image_bytes, label = _parse(builder, record)
     image = preprocess_eval(image_bytes, resolution=resolution,
