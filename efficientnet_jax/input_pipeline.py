@@ -83,6 +83,7 @@ def _process_shard(builder, split: str, process_index: int, process_count: int
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in '
                      f'[0, {process_count}).')
+  _split_info(builder, split)  # Names a missing split before sharding it.
   shards = tfds.even_splits(split, process_count)
   first_index = sum(_split_info(builder, shard).num_examples
                     for shard in shards[:process_index])

@@ -1,0 +1,277 @@
+"""Tests for efficientnet_jax.input_pipeline and datasets, on small datasets
+built here (JPEGs of odd sizes, and the scikit-learn digits); no download."""
+
+import shutil
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from efficientnet_jax import arch
+from efficientnet_jax import datasets
+from efficientnet_jax import input_pipeline
+
+NUM_TRAIN = 24
+NUM_VALIDATION = 13
+
+
+class PipelineTestImages(tfds.core.GeneratorBasedBuilder):
+  """Random JPEGs from 9 to 120 px a side; label = the example's id."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3),
+                                         encoding_format='jpeg'),
+            'label': tfds.features.ClassLabel(
+                num_classes=NUM_TRAIN + NUM_VALIDATION),
+        }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {
+        'train': self._generate_examples(range(NUM_TRAIN)),
+        'validation': self._generate_examples(
+            range(NUM_TRAIN, NUM_TRAIN + NUM_VALIDATION)),
+    }
+
+  def _generate_examples(self, ids):
+    for example_id in ids:
+      rng = np.random.default_rng(example_id)
+      height, width = rng.integers(9, 121, size=2)
+      image = rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
+      yield example_id, {'image': image, 'label': example_id}
+
+
+def _config(data_dir, **overrides):
+  config = ml_collections.ConfigDict(dict(
+      dataset='pipeline_test_images', data_dir=data_dir, train_split='train',
+      eval_split='validation', augment='none', randaugment_num_layers=2,
+      randaugment_magnitude=10, crop_padding=32, shuffle_buffer_size=16384,
+      seed=0))
+  config.update(overrides)
+  return config
+
+
+def _model_kwargs(variant, local_batch_size, resolution=None):
+  spec = arch.spec_for(variant)
+  return dict(resolution=resolution or spec.resolution,
+              resize_method=spec.resize_method, mean_rgb=spec.mean_rgb,
+              std_rgb=spec.std_rgb, local_batch_size=local_batch_size)
+
+
+def _temporary_directory(test_case):
+  # absltest's create_tempdir needs parsed flags, which pytest never parses.
+  path = tempfile.mkdtemp()
+  test_case.addCleanup(shutil.rmtree, path)
+  return path
+
+
+def _take(iterator, count):
+  return [next(iterator) for _ in range(count)]
+
+
+class PipelineTest(parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = tempfile.mkdtemp()
+    builder = PipelineTestImages(data_dir=cls.data_dir)
+    builder.download_and_prepare()
+    # TFDS's own ordered read: the label at each position of the split.
+    cls.labels_in_order = {
+        split: np.array([example['label'] for example in tfds.as_numpy(
+            builder.as_dataset(split=split, shuffle_files=False))])
+        for split in ('train', 'validation')}
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.data_dir)
+    super().tearDownClass()
+
+  def test_dataset_info(self):
+    info = input_pipeline.dataset_info(_config(self.data_dir))
+    self.assertEqual(info, input_pipeline.DatasetInfo(
+        num_classes=37, num_train_examples=24, num_eval_examples=13))
+
+  @parameterized.parameters(('b0', 'autoaugment'), ('b3', 'randaugment'))
+  def test_train_batch(self, variant, augment_name):
+    spec = arch.spec_for(variant)
+    config = _config(self.data_dir, augment=augment_name)
+    batch = next(input_pipeline.create_train_iter(
+        config, **_model_kwargs(variant, 2), process_index=0,
+        process_count=1))
+    self.assertEqual(set(batch), {'image', 'label'})
+    self.assertEqual(batch['image'].shape,
+                     (2, spec.resolution, spec.resolution, 3))
+    self.assertEqual(batch['image'].dtype, np.float32)
+    self.assertEqual(batch['label'].dtype, np.int32)
+    self.assertTrue(np.isin(batch['label'], np.arange(NUM_TRAIN)).all())
+    # Augmented images are uint8 before normalisation: undoing (x-mean)/std
+    # gives integers in [0, 255].
+    pixels = batch['image'] * np.array(spec.std_rgb) + np.array(spec.mean_rgb)
+    np.testing.assert_allclose(pixels, np.round(pixels), atol=2e-3)
+    self.assertBetween(pixels.min(), -2e-3, 255.002)
+    self.assertBetween(pixels.max(), -2e-3, 255.002)
+    self.assertGreater(pixels.std(), 10)
+
+  @parameterized.parameters('b0', 'b3')
+  def test_eval_batches(self, variant):
+    spec = arch.spec_for(variant)
+    batches = list(input_pipeline.create_eval_iter(
+        _config(self.data_dir), **_model_kwargs(variant, 8), process_index=0,
+        process_count=1))
+    self.assertLen(batches, 2)  # 13 examples, batch 8, 3 rows of padding.
+    for batch in batches:
+      self.assertEqual(batch['image'].shape,
+                       (8, spec.resolution, spec.resolution, 3))
+      self.assertEqual(batch['image'].dtype, np.float32)
+      self.assertEqual(batch['label'].dtype, np.int32)
+    mask = np.concatenate([b['mask'] for b in batches])
+    index = np.concatenate([b['index'] for b in batches])
+    np.testing.assert_array_equal(mask, [1] * 13 + [0] * 3)
+    np.testing.assert_array_equal(index, list(range(13)) + [-1] * 3)
+    labels = np.concatenate([b['label'] for b in batches])[:13]
+    np.testing.assert_array_equal(labels, self.labels_in_order['validation'])
+    # Bicubic can overshoot [0, 255] a little; far more would be a bug.
+    pixels = batches[0]['image'] * np.array(spec.std_rgb) + np.array(
+        spec.mean_rgb)
+    self.assertBetween(pixels.min(), -40, 10)
+    self.assertBetween(pixels.max(), 245, 295)
+
+  def test_resume_yields_the_same_batches(self):
+    # 24 examples, batch 4: epoch 1 starts at step 6.
+    config = _config(self.data_dir)
+    kwargs = dict(_model_kwargs('b0', 4, resolution=32), process_index=0,
+                  process_count=1)
+    full = _take(input_pipeline.create_train_iter(config, **kwargs), 9)
+    for start_step in (4, 7):
+      resumed = _take(input_pipeline.create_train_iter(
+          config, start_step=start_step, **kwargs), 9 - start_step)
+      for step, batch in enumerate(resumed, start=start_step):
+        np.testing.assert_array_equal(batch['image'], full[step]['image'])
+        np.testing.assert_array_equal(batch['label'], full[step]['label'])
+    labels = np.concatenate([b['label'] for b in full])
+    self.assertCountEqual(labels[:NUM_TRAIN], range(NUM_TRAIN))  # An epoch.
+    self.assertFalse(np.array_equal(labels[:12], labels[24:36]))  # Reshuffled.
+    other_seed = next(input_pipeline.create_train_iter(
+        _config(self.data_dir, seed=1), **kwargs))
+    self.assertFalse(np.array_equal(other_seed['image'], full[0]['image']))
+
+  def test_two_processes_read_disjoint_train_shards(self):
+    config = _config(self.data_dir)
+    seen = []
+    for process_index in range(2):
+      batches = _take(input_pipeline.create_train_iter(
+          config, **_model_kwargs('b0', 4, resolution=32),
+          process_index=process_index, process_count=2), 6)
+      labels = np.concatenate([b['label'] for b in batches])
+      # Steps 0-2 are one epoch of the 12-example shard, 3-5 the next.
+      self.assertCountEqual(labels[:12], labels[12:])
+      seen.append(set(labels[:12]))
+    self.assertEmpty(seen[0] & seen[1])
+    self.assertEqual(seen[0] | seen[1], set(range(NUM_TRAIN)))
+
+  def test_two_processes_eval_every_example_once(self):
+    rows = []
+    for process_index in range(2):
+      eval_iter = input_pipeline.create_eval_iter(
+          _config(self.data_dir), **_model_kwargs('b0', 4, resolution=32),
+          process_index=process_index, process_count=2)
+      batches = list(eval_iter)
+      # Shards of 7 and 6 examples; both processes run 2 batches.
+      self.assertLen(eval_iter, 2)
+      self.assertLen(batches, 2)
+      again = list(eval_iter)  # Re-iterable, same pass.
+      np.testing.assert_array_equal(again[1]['image'], batches[1]['image'])
+      rows.append({key: np.concatenate([b[key] for b in batches])
+                   for key in batches[0]})
+    mask = np.concatenate([r['mask'] for r in rows])
+    index = np.concatenate([r['index'] for r in rows])
+    label = np.concatenate([r['label'] for r in rows])
+    real = mask == 1
+    self.assertEqual(real.sum(), NUM_VALIDATION)
+    self.assertCountEqual(index[real], range(NUM_VALIDATION))
+    np.testing.assert_array_equal(
+        label[real], self.labels_in_order['validation'][index[real]])
+    self.assertTrue((index[~real] == -1).all())
+    self.assertTrue((np.concatenate([r['image'] for r in rows])[~real] == 0
+                     ).all())
+
+  def test_eval_crop_is_the_central_region(self):
+    # Side resolution / (resolution + 32) * min(H, W) = resolution exactly,
+    # so the resize is the identity and the output is the crop itself.
+    for resolution in (224, 300):  # B0 (224/256) and B3 (300/332).
+      height, width = resolution + 32, resolution + 76
+      image = np.random.default_rng(resolution).integers(
+          0, 256, (height, width, 3)).astype(np.uint8)
+      output = input_pipeline.preprocess_eval(
+          tf.io.encode_png(image), resolution=resolution,
+          resize_method='bicubic', crop_padding=32).numpy()
+      np.testing.assert_array_equal(
+          output, image[16:16 + resolution, 38:38 + resolution])
+
+  def test_rgba_image_drops_alpha(self):
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 4)).astype(
+        np.uint8)
+    output = input_pipeline.preprocess_eval(
+        tf.io.encode_png(image), resolution=56, resize_method='bilinear',
+        crop_padding=8).numpy()
+    np.testing.assert_array_equal(output, image[4:60, 4:60, :3])
+
+  def test_bad_input(self):
+    kwargs = dict(_model_kwargs('b0', 2, resolution=32), process_index=0,
+                  process_count=1)
+    with self.assertRaisesRegex(ValueError, "unknown dataset 'no_such_set'"):
+      input_pipeline.create_train_iter(
+          _config(self.data_dir, dataset='no_such_set'), **kwargs)
+    empty_dir = _temporary_directory(self)
+    with self.assertRaisesRegex(
+        FileNotFoundError,
+        r'ILSVRC2012_img_train.tar.*in .*/downloads/manual/'):
+      input_pipeline.dataset_info(
+          _config(empty_dir, dataset='imagenet2012'))
+    with self.assertRaisesRegex(ValueError, "augment='mixup'"):
+      input_pipeline.create_train_iter(
+          _config(self.data_dir, augment='mixup'), **kwargs)
+    with self.assertRaisesRegex(ValueError, "no split 'test'"):
+      input_pipeline.create_eval_iter(_config(self.data_dir), split='test',
+                                      **kwargs)
+    with self.assertRaisesRegex(ValueError, 'process_index 2'):
+      input_pipeline.create_eval_iter(
+          _config(self.data_dir), **dict(kwargs, process_index=2,
+                                         process_count=2))
+
+
+class DigitsTest(absltest.TestCase):
+
+  def test_digits_offline_dataset(self):
+    data_dir = _temporary_directory(self)
+    config = _config(data_dir, dataset='digits', eval_split='test')
+    self.assertEqual(input_pipeline.dataset_info(config),
+                     input_pipeline.DatasetInfo(10, 1437, 360))
+    # Stratified: 36 test digits of each class, give or take one.
+    _, labels = datasets.digits_images_and_labels()
+    test_labels = labels[datasets.digits_split_indices(labels)['test']]
+    self.assertBetween(np.bincount(test_labels, minlength=10).min(), 35, 37)
+    batch = next(iter(input_pipeline.create_eval_iter(
+        config, resolution=32, resize_method='bilinear', mean_rgb=(0, 0, 0),
+        std_rgb=(1, 1, 1), local_batch_size=4, process_index=0,
+        process_count=1)))
+    self.assertEqual(batch['image'].shape, (4, 32, 32, 3))
+    # Gray PNGs come out as RGB with three equal channels.
+    np.testing.assert_array_equal(batch['image'][..., 0],
+                                  batch['image'][..., 2])
+    self.assertGreater(batch['image'].max(), 200)
+
+
+if __name__ == '__main__':
+  absltest.main()
