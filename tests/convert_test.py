@@ -240,12 +240,13 @@ def test_official_round_trip_is_lossless(tmp_path):
   exported = tf_official.export_arrays(spec, ours, 'efficientnet-b0')
   prefix = tf_official.export(spec, ours,
                               str(tmp_path / 'export' / 'model.ckpt'))
-  back = convert.convert('tf', prefix, 'b0')
+  back = convert.convert('tf', prefix, 'b0', resolution=475)
 
   # The exporter writes exactly the official names (this file's own list).
   assert set(exported) == set(official_arrays())
   same = jax.tree_util.tree_map(np.array_equal, ours, back.variables)
   assert all(jax.tree_util.tree_leaves(same))
+  assert arch.resolve(back.meta['model']).resolution == 475
 
 
 def test_official_lite_converts_and_is_refused_for_a_b_variant(tmp_path):

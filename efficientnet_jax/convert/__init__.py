@@ -43,11 +43,13 @@ class Converted:
   meta: dict[str, Any]
 
 
-def model_section(variant: str, padding: str) -> dict[str, Any]:
+def model_section(variant: str, padding: str,
+                  resolution: int | None = None) -> dict[str, Any]:
   """The config's model section (configs/common.py) as a plain dict."""
   from configs import common  # pylint: disable=g-import-not-at-top
   section = common.model_config(variant).to_dict()
   section['padding'] = padding
+  section['resolution'] = resolution
   return section
 
 
@@ -101,7 +103,8 @@ def convert(source: str, path: str, variant: str, *,
             advprop: bool | None = None, padding: str = 'auto',
             use_ema: bool = True, allow_unused: bool = False,
             mean_rgb: Sequence[float] | None = None,
-            std_rgb: Sequence[float] | None = None) -> Converted:
+            std_rgb: Sequence[float] | None = None,
+            resolution: int | None = None) -> Converted:
   """Reads a published checkpoint into our variables and meta.
 
   Args:
@@ -119,6 +122,8 @@ def convert(source: str, path: str, variant: str, *,
     allow_unused: warn about, instead of rejecting, tensors with no place.
     mean_rgb: override the recorded input mean (on [0, 255]).
     std_rgb: override the recorded input std (on [0, 255]).
+    resolution: the evaluation resolution to record in the model section
+      (None: the variant's own; e.g. 475 for the L2-475 checkpoint).
 
   Returns:
     The converted variables and the checkpoint meta.
@@ -136,6 +141,9 @@ def convert(source: str, path: str, variant: str, *,
   if not os.path.exists(path) and not (
       source == 'tf' and os.path.exists(path + '.index')):
     raise ConversionError(f'No such file or directory: {path!r}.')
+  if resolution is not None and resolution < 32:
+    raise ConversionError(f'--resolution must be at least 32 (five stride-2 '
+                          f'layers); got {resolution}.')
   mean_rgb = _three_floats(mean_rgb, 'mean_rgb')
   std_rgb = _three_floats(std_rgb, 'std_rgb')
   padding = _resolve_padding(source, padding, path)
@@ -169,7 +177,7 @@ def convert(source: str, path: str, variant: str, *,
   description = f'{source}:{os.path.abspath(path)}'
   if details:
     description += f' ({details})'
-  meta = dict(model=model_section(variant, padding),
+  meta = dict(model=model_section(variant, padding, resolution),
               num_classes=facts['num_classes'],
               padding=padding,
               mean_rgb=[float(v) for v in mean],

@@ -40,6 +40,9 @@ flags.DEFINE_list('mean_rgb', None, 'Override the recorded input mean (three '
                   'values on [0, 255]).')
 flags.DEFINE_list('std_rgb', None, 'Override the recorded input std (three '
                   'values on [0, 255]).')
+flags.DEFINE_integer('resolution', None, "Evaluation resolution recorded in "
+                     "the checkpoint's model section; default the variant's "
+                     '(e.g. 475 for the NoisyStudent L2-475 checkpoint).')
 flags.mark_flags_as_required(['source', 'input', 'variant', 'output'])
 
 
@@ -52,7 +55,7 @@ def main(argv):
         FLAGS.source, FLAGS.input, FLAGS.variant, advprop=FLAGS.advprop,
         padding=FLAGS.padding, use_ema=FLAGS.use_ema,
         allow_unused=FLAGS.allow_unused, mean_rgb=FLAGS.mean_rgb,
-        std_rgb=FLAGS.std_rgb)
+        std_rgb=FLAGS.std_rgb, resolution=FLAGS.resolution)
     convert.save(converted, FLAGS.output)
   except convert.ConversionError as e:
     raise SystemExit(f'convert: error: {e}') from None
