@@ -211,7 +211,7 @@ def formula_dropout_rate(phi: float) -> float:
   The published table steps 0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.5, 0.5 for B0-B7,
   i.e. 0.2 + 0.1 * floor(index / 2) capped at 0.5; we apply the same step to phi.
   """
-  return min(0.5, 0.2 + 0.1 * math.floor(phi / 2))
+  return min(5, 2 + math.floor(phi / 2)) / 10
 
 
 def implied_phi(preset: Preset, alpha: float = ALPHA, beta: float = BETA,

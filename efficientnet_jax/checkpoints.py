@@ -90,20 +90,26 @@ def load_variables(directory: str, *, use_ema: bool = True,
 
 
 def first_mismatch(expected: Any, actual: Any) -> str | None:
-  """Describes the first tensor whose presence or shape differs, else None."""
-  expected_flat = {jax.tree_util.keystr(path): leaf for path, leaf in
-                   jax.tree_util.tree_leaves_with_path(expected)}
-  actual_flat = {jax.tree_util.keystr(path): leaf for path, leaf in
-                 jax.tree_util.tree_leaves_with_path(actual)}
-  for name, leaf in expected_flat.items():
+  """Describes the first tensor that differs in shape, is missing or is extra.
+
+  Shape differences come first: they are what a checkpoint of another variant
+  shows, and naming both shapes says which variant it was.
+  """
+  expected_flat = _flatten(expected)
+  actual_flat = _flatten(actual)
+  for name, shape in expected_flat.items():
+    if name in actual_flat and actual_flat[name] != shape:
+      return (f'tensor {name} has shape {actual_flat[name]} in the checkpoint '
+              f'but the model needs {shape}')
+  for name, shape in expected_flat.items():
     if name not in actual_flat:
-      return f'tensor {name} {tuple(leaf.shape)} is missing from the checkpoint'
-    got = tuple(np.shape(actual_flat[name]))
-    if got != tuple(leaf.shape):
-      return (f'tensor {name} has shape {got} in the checkpoint but the model '
-              f'needs {tuple(leaf.shape)}')
-  for name, leaf in actual_flat.items():
+      return f'tensor {name} {shape} is missing from the checkpoint'
+  for name, shape in actual_flat.items():
     if name not in expected_flat:
-      return (f'tensor {name} {tuple(np.shape(leaf))} in the checkpoint has no '
-              'place in the model')
+      return f'tensor {name} {shape} in the checkpoint has no place in the model'
   return None
+
+
+def _flatten(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in
+          jax.tree_util.tree_leaves_with_path(tree)}

@@ -88,6 +88,12 @@ class EfficientNet(nn.Module):
     bn_group_size: None normalises over the whole (global, under jit) batch;
       an int normalises consecutive groups of that many examples.
     depthwise_impl: 'auto', 'shifted' or 'grouped' (see layers.DepthwiseConv).
+    mean_rgb, std_rgb: the input normalisation the weights expect, on [0, 255]
+      RGB; None means the variant's (spec.mean_rgb / spec.std_rgb). Converted
+      checkpoints record their own (AdvProp: [-1, 1]).
+    normalize_input: True makes the network take [0, 255] RGB and normalise it
+      itself, as the official TF model_fn does; False (default) takes images
+      the input pipeline has already normalised.
   """
   spec: arch.ArchSpec
   num_classes: int = 1000
@@ -96,15 +102,25 @@ class EfficientNet(nn.Module):
   include_top: bool = True
   bn_group_size: int | None = None
   depthwise_impl: str = 'auto'
+  mean_rgb: tuple[float, float, float] | None = None
+  std_rgb: tuple[float, float, float] | None = None
+  normalize_input: bool = False
+
+  @property
+  def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean_rgb, std_rgb) on [0, 255] that inputs are normalised with."""
+    return (tuple(self.mean_rgb or self.spec.mean_rgb),
+            tuple(self.std_rgb or self.spec.std_rgb))
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool):
     """Runs the network.
 
     Args:
-      images: float (N, H, W, 3), already normalised as the variant expects:
-        (x - spec.mean_rgb) / spec.std_rgb on [0, 255] RGB (ImageNet mean/std
-        for B0-B7/L2, (x - 127) / 128 for Lite).
+      images: float (N, H, W, 3), already normalised as (x - mean) / std on
+        [0, 255] RGB with (mean, std) = self.normalization (ImageNet mean/std
+        for B0-B8/L2, (x - 127) / 128 for Lite); raw [0, 255] RGB when
+        normalize_input is set.
       train: batch statistics, dropout and drop-path on (needs the 'dropout'
         rng and mutable 'batch_stats').
 
@@ -123,7 +139,11 @@ class EfficientNet(nn.Module):
     norm = functools.partial(layers.BatchNorm, group_size=self.bn_group_size,
                              dtype=self.dtype)
 
-    x = images.astype(self.dtype)
+    x = images
+    if self.normalize_input:
+      mean, std = self.normalization
+      x = (x.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
+    x = x.astype(self.dtype)
     pads = layers.spatial_padding(x.shape, 3, 2, self.padding)
     x = conv(spec.stem_filters, (3, 3), strides=(2, 2), padding=pads,
              name='stem_conv')(x)

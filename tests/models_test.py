@@ -1,0 +1,267 @@
+"""Tests for the Flax network: exact sizes, train/eval behaviour, bad input."""
+
+import functools
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import efficientnet_jax
+from efficientnet_jax import arch
+from efficientnet_jax import checkpoints
+from efficientnet_jax import layers
+from efficientnet_jax import models
+
+# REFERENCE §3 and §4.1: trainable parameters with 1000 classes (TF official =
+# timm = Keras "trainable"); BN moving statistics are not parameters.
+TRAINABLE_PARAMS = {
+    'b0': 5_288_548, 'b1': 7_794_184, 'b2': 9_109_994, 'b3': 12_233_232,
+    'b4': 19_341_616, 'b5': 30_389_784, 'b6': 43_040_704, 'b7': 66_347_960,
+    'b8': 87_413_142, 'l2': 480_309_308,
+    'lite0': 4_652_008, 'lite1': 5_416_680, 'lite2': 6_092_072,
+    'lite3': 8_197_096, 'lite4': 13_006_568,
+}
+# REFERENCE §3: Keras "Total params" = trainable + BN mean/var + 7 (its input
+# Normalization layer's mean, variance and count).
+KERAS_TOTAL = {'b0': 5_330_571, 'b3': 12_320_535, 'b7': 66_658_687}
+
+
+def tiny_model(**options):
+  """B0 layout at 32 px: every block type, compiled in seconds."""
+  return models.EfficientNet(arch.spec_for('b0', resolution=32), num_classes=10,
+                             **options)
+
+
+class SizeTest(parameterized.TestCase):
+
+  @parameterized.named_parameters((name, name) for name in TRAINABLE_PARAMS)
+  def test_trainable_parameters_match_reference(self, variant):
+    variables = models.abstract_variables(
+        models.EfficientNet(arch.spec_for(variant)))
+    self.assertEqual(models.count_params(variables['params']),
+                     TRAINABLE_PARAMS[variant])
+
+  @parameterized.named_parameters((name, name) for name in KERAS_TOTAL)
+  def test_keras_total_counts_bn_statistics(self, variant):
+    variables = models.abstract_variables(
+        models.EfficientNet(arch.spec_for(variant)))
+    self.assertEqual(models.count_params(variables) + 7, KERAS_TOTAL[variant])
+
+  def test_b7_output_shape_by_shape_evaluation(self):
+    model = models.EfficientNet(arch.spec_for('b7'))
+    variables = models.abstract_variables(model)
+    images = jax.ShapeDtypeStruct((2, 600, 600, 3), jnp.float32)
+    logits = jax.eval_shape(
+        functools.partial(model.apply, train=False), variables, images)
+    self.assertEqual((logits.shape, logits.dtype), ((2, 1000), jnp.float32))
+
+  def test_endpoints_at_strides_2_to_32(self):
+    model = models.EfficientNet(arch.spec_for('b0'), include_top=False)
+    variables = models.abstract_variables(model)
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    endpoints = jax.eval_shape(
+        functools.partial(model.apply, train=False), variables, images)
+    shapes = {name: value.shape for name, value in endpoints.items()}
+    self.assertEqual(shapes, {
+        'stride_2': (1, 112, 112, 16), 'stride_4': (1, 56, 56, 24),
+        'stride_8': (1, 28, 28, 40), 'stride_16': (1, 14, 14, 112),
+        'stride_32': (1, 7, 7, 320), 'features': (1, 7, 7, 1280)})
+    self.assertNotIn('classifier', variables['params'])
+
+
+class InitializerTest(absltest.TestCase):
+
+  def test_depthwise_std_uses_tf_fan_out(self):
+    # REFERENCE §1.8: TF fan_out of a depthwise kernel is kh * kw, so a 3x3
+    # depthwise std is sqrt(2 / 9) = 0.471, whatever the channel count.
+    kernel = layers.DepthwiseConv(3).init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 4096)))['params']['kernel']
+    self.assertEqual(kernel.shape, (3, 3, 1, 4096))
+    self.assertAlmostEqual(float(jnp.std(kernel)), np.sqrt(2 / 9), delta=0.01)
+
+  def test_conv_and_dense_initializers(self):
+    variables = models.init_variables(
+        models.EfficientNet(arch.spec_for('b0')), jax.random.key(0))
+    head = variables['params']['head_conv']['kernel']  # (1, 1, 320, 1280)
+    self.assertAlmostEqual(float(jnp.std(head)), np.sqrt(2 / 1280), delta=2e-3)
+    # Untruncated normal: about 0.3% of draws lie beyond 3 std.
+    beyond = float(jnp.mean(jnp.abs(head) > 3 * np.sqrt(2 / 1280)))
+    self.assertGreater(beyond, 0.001)
+    classifier = variables['params']['classifier']['kernel']
+    self.assertLessEqual(float(jnp.max(jnp.abs(classifier))), 1 / np.sqrt(1000))
+    self.assertGreater(float(jnp.max(jnp.abs(classifier))),
+                       0.99 / np.sqrt(1000))
+
+
+class BehaviourTest(absltest.TestCase):
+
+  def test_b0_forward_backward_under_jit(self):
+    model = models.EfficientNet(arch.spec_for('b0', resolution=64))
+    variables = models.init_variables(model, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    labels = jnp.array([3, 7])
+
+    @jax.jit
+    def loss_and_grads(params, batch_stats):
+      def loss_fn(params):
+        logits, updates = model.apply(
+            {'params': params, 'batch_stats': batch_stats}, images, train=True,
+            rngs={'dropout': jax.random.key(2)}, mutable=['batch_stats'])
+        one_hot = jax.nn.one_hot(labels, 1000)
+        loss = -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
+        return loss, updates
+      return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    (loss, updates), grads = loss_and_grads(variables['params'],
+                                            variables['batch_stats'])
+    self.assertTrue(np.isfinite(float(loss)))
+    grad_leaves = jax.tree_util.tree_leaves(grads)
+    self.assertTrue(all(bool(jnp.all(jnp.isfinite(g))) for g in grad_leaves))
+    self.assertGreater(float(jnp.abs(grads['stem_conv']['kernel']).sum()), 0)
+    # BN running statistics moved from their (0, 1) start.
+    stem_mean = updates['batch_stats']['stem_bn']['mean']
+    self.assertGreater(float(jnp.abs(stem_mean).sum()), 0)
+
+  def test_eval_is_deterministic_and_train_is_stochastic(self):
+    model = tiny_model()
+    variables = models.init_variables(model, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    eval_a = model.apply(variables, images, train=False)
+    eval_b = model.apply(variables, images, train=False)
+    np.testing.assert_array_equal(eval_a, eval_b)
+
+    def train(seed):
+      return model.apply(variables, images, train=True,
+                         rngs={'dropout': jax.random.key(seed)},
+                         mutable=['batch_stats'])[0]
+    np.testing.assert_array_equal(train(0), train(0))
+    self.assertGreater(float(jnp.abs(train(0) - train(1)).max()), 0)
+
+  def test_bn_running_average_uses_tf_momentum(self):
+    norm = layers.BatchNorm()
+    x = jax.random.normal(jax.random.key(0), (8, 4, 4, 3)) * 2 + 5
+    variables = norm.init(jax.random.key(1), x, train=False)
+    _, updates = norm.apply(variables, x, train=True, mutable=['batch_stats'])
+    np.testing.assert_allclose(updates['batch_stats']['mean'],
+                               0.01 * jnp.mean(x, axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(updates['batch_stats']['var'],
+                               0.99 + 0.01 * jnp.var(x, axis=(0, 1, 2)),
+                               rtol=1e-5)
+
+  def test_drop_path_keeps_the_expectation(self):
+    x = jnp.ones((20000, 1, 1, 1))
+    dropped = layers.drop_path(x, 0.2, jax.random.key(0))
+    values = set(np.unique(np.asarray(dropped)).round(6))
+    self.assertEqual(values, {0.0, 1.25})
+    self.assertAlmostEqual(float(dropped.mean()), 1.0, delta=0.02)
+
+  def test_bfloat16_compute_keeps_float32_params_and_logits(self):
+    model = tiny_model(dtype=jnp.bfloat16)
+    variables = models.init_variables(model, jax.random.key(0))
+    dtypes = {x.dtype for x in jax.tree_util.tree_leaves(variables)}
+    self.assertEqual(dtypes, {jnp.dtype(jnp.float32)})
+    logits = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False)
+    self.assertEqual(logits.dtype, jnp.float32)
+    reference = tiny_model().apply(variables, jnp.ones((2, 32, 32, 3)),
+                                   train=False)
+    np.testing.assert_allclose(logits, reference, atol=0.05, rtol=0.05)
+
+  def test_symmetric_padding_differs_only_at_stride_two(self):
+    same, symmetric = tiny_model(), tiny_model(padding='symmetric')
+    variables = models.init_variables(same, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    self.assertGreater(float(jnp.abs(
+        same.apply(variables, images, train=False) -
+        symmetric.apply(variables, images, train=False)).max()), 1e-6)
+    # With odd sizes TF 'SAME' is symmetric too (REFERENCE §1.9).
+    self.assertEqual(layers.explicit_padding(33, 3, 2, 'same'), (1, 1))
+    self.assertEqual(layers.explicit_padding(32, 3, 2, 'same'), (0, 1))
+    self.assertEqual(layers.explicit_padding(32, 5, 2, 'same'), (1, 2))
+    self.assertEqual(layers.explicit_padding(32, 5, 2, 'symmetric'), (2, 2))
+
+  def test_grouped_bn_normalises_each_group(self):
+    # 64 px: at 32 px the last stages are 1x1, where two-example statistics
+    # turn float rounding into O(1) differences.
+    spec = arch.spec_for('b0', resolution=64, drop_path_rate=0.0,
+                         dropout_rate=0.0)
+    grouped = models.EfficientNet(spec, num_classes=10, bn_group_size=2)
+    whole = models.EfficientNet(spec, num_classes=10)
+    variables = models.init_variables(whole, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
+
+    def train_logits(model, images):
+      return model.apply(variables, images, train=True, mutable=['batch_stats'],
+                         rngs={'dropout': jax.random.key(0)})[0]
+    # Examples 0-1 form one group: they see the statistics of that pair only,
+    # exactly as if the batch were those two examples.
+    np.testing.assert_allclose(train_logits(grouped, images)[:2],
+                               train_logits(whole, images[:2]), atol=1e-3)
+    self.assertGreater(float(jnp.abs(train_logits(grouped, images)[:2] -
+                                      train_logits(whole, images)[:2]).max()),
+                       1e-2)
+
+
+class ApiTest(absltest.TestCase):
+
+  def test_create_model_round_trips_through_a_checkpoint(self):
+    model, variables = efficientnet_jax.create_model(
+        'b0', num_classes=10, resolution=32, rng=jax.random.key(3))
+    with tempfile.TemporaryDirectory() as directory:
+      checkpoints.save(directory, variables, {'source': 'test'})
+      loaded_model, loaded = efficientnet_jax.create_model(
+          'b0', num_classes=10, resolution=32, checkpoint=directory)
+      images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+      np.testing.assert_array_equal(
+          model.apply(variables, images, train=False),
+          loaded_model.apply(loaded, images, train=False))
+      with self.assertRaisesRegex(
+          ValueError, r"does not fit efficientnet-b2 with 10 classes: tensor "
+          r"\[.*\] has shape \(\d+,\) in the checkpoint but the model needs \(\d+,\)"):
+        efficientnet_jax.create_model('b2', num_classes=10,
+                                      checkpoint=directory)
+
+  def test_checkpoint_normalisation_is_adopted_and_can_run_inside(self):
+    model, variables = efficientnet_jax.create_model('b0', num_classes=10,
+                                                     resolution=32)
+    advprop = ((127.5,) * 3, (127.5,) * 3)
+    with tempfile.TemporaryDirectory() as directory:
+      checkpoints.save(directory, variables, {'mean_rgb': advprop[0],
+                                              'std_rgb': advprop[1]})
+      loaded_model, loaded = efficientnet_jax.create_model(
+          'b0', num_classes=10, resolution=32, checkpoint=directory,
+          normalize_input=True)
+    self.assertEqual(loaded_model.normalization, advprop)
+    self.assertEqual(model.normalization,
+                     (arch.IMAGENET_MEAN, arch.IMAGENET_STD))
+    raw = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3)) * 255
+    np.testing.assert_allclose(
+        loaded_model.apply(loaded, raw, train=False),
+        model.apply(variables, raw / 127.5 - 1, train=False), atol=1e-5)
+
+  def test_unknown_variant(self):
+    with self.assertRaisesRegex(ValueError, "Unknown EfficientNet variant"):
+      efficientnet_jax.create_model('efficientnet-b0')
+
+  def test_negative_phi(self):
+    with self.assertRaisesRegex(ValueError, 'phi must be >= 0'):
+      efficientnet_jax.create_model('phi=-0.5')
+
+  def test_wrong_channel_count(self):
+    model, variables = efficientnet_jax.create_model('b0', resolution=32)
+    with self.assertRaisesRegex(ValueError, 'takes 3 RGB channels last'):
+      model.apply(variables, jnp.zeros((1, 32, 32, 1)), train=False)
+    with self.assertRaisesRegex(ValueError, 'takes 3 RGB channels last'):
+      model.apply(variables, jnp.zeros((1, 3, 32, 32)), train=False)
+
+  def test_endpoints_need_sizes_divisible_by_32(self):
+    model, variables = efficientnet_jax.create_model('b0', include_top=False,
+                                                     resolution=64)
+    with self.assertRaisesRegex(ValueError, 'divisible by 32'):
+      model.apply(variables, jnp.zeros((1, 40, 64, 3)), train=False)
+
+
+if __name__ == '__main__':
+  absltest.main()
