@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from efficientnet_jax import augment
+from efficientnet_jax import autoaugment
 from efficientnet_jax import datasets
 
 AUGMENTATIONS = ('none', 'autoaugment', 'randaugment')
@@ -159,9 +160,9 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
   image = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
   augment_seed = augment.sub_seed(seed, 2)
   if augment_name == 'autoaugment':
-    image = augment.autoaugment(image, augment_seed)
+    image = autoaugment.autoaugment(image, augment_seed)
   else:
-    image = augment.randaugment(image, augment_seed,
+    image = autoaugment.randaugment(image, augment_seed,
                                 num_layers=randaugment_num_layers,
                                 magnitude=randaugment_magnitude)
   return tf.cast(image, tf.float32)
