@@ -12,9 +12,9 @@ split), and the example order only on (seed, process, epoch), so the iterator
 started at step k yields exactly the batches the uninterrupted one yields from
 step k on; resuming reads, but never decodes, at most one epoch of records.
 
-Eval: one ordered pass with the centre crop; the last batch is padded, with
-`mask` 0 and `index` -1 on the padding, so every example counts exactly once
-across processes and every process runs the same number of batches.
+Eval: one deterministic pass with the centre crop; the last batch is padded,
+with `mask` 0 and `index` -1 on the padding, so every example counts exactly
+once across processes and every process runs the same number of batches.
 """
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
     image = autoaugment.autoaugment(image, augment_seed)
   else:
     image = autoaugment.randaugment(image, augment_seed,
-                                num_layers=randaugment_num_layers,
-                                magnitude=randaugment_magnitude)
+                                    num_layers=randaugment_num_layers,
+                                    magnitude=randaugment_magnitude)
   return tf.cast(image, tf.float32)
 
 
@@ -209,6 +209,10 @@ def train_dataset(config, *, resolution: int, resize_method: str, mean_rgb,
   ranges, first_index = _process_shard(builder, config.train_split,
                                        process_index, process_count)
   shard_size = sum(r.take for r in ranges)
+  if not shard_size:
+    raise ValueError(
+        f'split {config.train_split!r} of {config.dataset} has no examples '
+        f'for process {process_index} of {process_count}.')
   # Every process consumes local_batch_size examples per step.
   start_epoch, skip = divmod(start_step * local_batch_size, shard_size)
   process_seed = tf.constant([config.seed, process_index], tf.int64)
@@ -282,7 +286,7 @@ def create_eval_iter(config, *, resolution: int, resize_method: str, mean_rgb,
                      process_index: int | None = None,
                      process_count: int | None = None
                      ) -> Iterable[dict[str, np.ndarray]]:
-  """One ordered pass over this process's share of the eval split.
+  """One deterministic pass over this process's share of the eval split.
 
   Batches: 'image', 'label' as in training, 'mask' float32 (1 real, 0 pad)
   and 'index' int64 (the example's position in the split, -1 on padding).
