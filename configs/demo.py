@@ -1,0 +1,63 @@
+"""Offline demo: EfficientNet-B0 at 32 px on sklearn's handwritten digits.
+
+Command (what `make demo` runs; no download, CPU is enough):
+
+  python train.py --config=configs/demo.py --workdir=runs/demo
+  python eval.py --config=configs/demo.py --checkpoint=runs/demo
+
+The B0 layout (16 blocks, 4.0M parameters with a 10-class head) trained from
+scratch with the ImageNet recipe's optimiser, loss and EMA, on the 8x8 digits
+that scikit-learn ships, upsampled to 32 px (the 'digits' TFDS builder in
+efficientnet_jax/datasets). Expected test top-1 >= 95%; wall time and
+accuracy measured on a 2-core CPU are in the README.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The demo recipe; `arg` picks the variant (default b0)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = common.model_config(arg or 'b0')
+  config.model.resolution = 32  # The digits are 8x8; 32 px keeps CPU fast.
+  config.model.dtype = 'float32'  # bf16 is slow on CPU.
+
+  config.dataset = 'digits'
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  config.augment = 'none'
+  config.randaugment_num_layers = 2
+  config.randaugment_magnitude = 10
+  config.crop_padding = 32
+  config.shuffle_buffer_size = 2048  # The whole training split.
+
+  config.batch_size = 64
+  config.eval_batch_size = 64
+  config.num_epochs = 30.0
+  config.num_train_steps = ml_collections.FieldReference(None, field_type=int)
+  # The recipe's shape, compressed for a short run from scratch (ours): a
+  # higher rate per 256 images, 1 warm-up epoch, decay every epoch.
+  config.learning_rate = 0.064
+  config.warmup_epochs = 1.0
+  config.lr_decay_epochs = 1.0
+  config.lr_decay_factor = 0.9
+  config.rmsprop_decay = 0.9  # TPU-UTILS build_optimizer.
+  config.rmsprop_momentum = 0.9
+  config.rmsprop_epsilon = 1e-3
+  config.weight_decay = 1e-5  # TPU-MAIN.
+  config.label_smoothing = 0.1  # TPU-MAIN.
+  config.ema_decay = 0.9999  # TPU-MAIN; its warm-up dominates a short run.
+  config.init_checkpoint = ml_collections.FieldReference(None, field_type=str)
+
+  config.eval_every_epochs = 10.0
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 200
+  config.keep_checkpoints = 2
+  config.profile_steps = 0
+  return config

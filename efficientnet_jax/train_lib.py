@@ -1,0 +1,632 @@
+"""Training and evaluation: TrainState, train_step, eval_step and the loops.
+
+The loop is data parallel over one `jax.sharding.Mesh` with a 'data' axis
+spanning every device of every process: the state is replicated, batches are
+sharded on their leading axis, and `jax.jit` partitions the step. Batch norm
+therefore sees the global batch (synchronised BN) unless the model section sets
+`bn_group_size` (REFERENCE §5.7).
+
+`train_and_evaluate(config, workdir)` resumes from the newest checkpoint in the
+workdir, stops cleanly on SIGTERM (saving first) and refuses a non-finite loss
+without saving it. `evaluate_checkpoint` scores a training or converted
+checkpoint for eval.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+from flax.training import train_state
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from efficientnet_jax import arch
+from efficientnet_jax import checkpoints
+from efficientnet_jax import models
+from efficientnet_jax import optim
+
+P = jax.sharding.PartitionSpec
+Batch = Mapping[str, Any]
+METRICS_FILE = 'metrics.jsonl'
+# Fields of a checkpoint's model section that only change how the network is
+# computed, not what it is; eval takes them from the config, not the meta.
+RUNTIME_MODEL_FIELDS = ('dtype', 'depthwise_impl')
+
+
+class ConfigError(ValueError):
+  """A config or workdir that cannot work; the message says how to fix it."""
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus BN statistics and their EMA shadows (§5.6)."""
+  batch_stats: Any
+  ema_params: Any
+  ema_batch_stats: Any
+
+
+def checkpoint_tree(state: TrainState) -> dict[str, Any]:
+  """The `state` item of the checkpoint format (see checkpoints.py)."""
+  return dict(step=state.step, params=state.params,
+              batch_stats=state.batch_stats, opt_state=state.opt_state,
+              ema_params=state.ema_params,
+              ema_batch_stats=state.ema_batch_stats)
+
+
+def create_mesh(devices: Any = None) -> jax.sharding.Mesh:
+  """A one-axis ('data') mesh over every device of every process."""
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(np.asarray(devices), ('data',))
+
+
+def shard_batch(batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Host (per-process) numpy arrays -> global arrays sharded on 'data'."""
+  sharding = jax.sharding.NamedSharding(mesh, P('data'))
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(x))
+          for key, x in batch.items()}
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
+                       label_smoothing: float) -> jax.Array:
+  """Mean softmax cross-entropy on smoothed one-hot labels (TPU-MAIN)."""
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1])
+  # TF label_smoothing: onehot * (1 - s) + s / num_classes, as optax's.
+  targets = optax.smooth_labels(one_hot, label_smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def train_step(state: TrainState, batch: Batch, train_rng: jax.Array, *,
+               learning_rate_fn: optim.LearningRateFn, label_smoothing: float,
+               ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a (global) batch, then the EMA update.
+
+  The randomness (dropout, drop-path) is `fold_in(train_rng, step)`, so a
+  resumed run replays exactly the same masks.
+  """
+  rng = jax.random.fold_in(train_rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+        train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
+    loss = cross_entropy_loss(logits, batch['label'], label_smoothing)
+    return loss, (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  decay = optim.ema_decay_at(new_state.step, ema_decay)
+  new_state = new_state.replace(
+      ema_params=optim.ema_update(state.ema_params, new_state.params, decay),
+      ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats,
+                                       decay))
+  metrics = dict(
+      loss=loss,
+      accuracy=jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      learning_rate=learning_rate_fn(state.step),
+      grad_norm=optax.global_norm(grads),
+      param_norm=optax.global_norm(new_state.params))
+  return new_state, metrics
+
+
+def eval_step(model: models.EfficientNet, variables: Mapping[str, Any],
+              batch: Batch) -> dict[str, jax.Array]:
+  """Masked sums: top-1 and top-5 correct, loss and example count.
+
+  Takes variables rather than a TrainState so one compiled function scores
+  raw and EMA weights, and converted checkpoints that have no optimizer.
+  """
+  logits = model.apply(variables, batch['image'], train=False)
+  mask = batch['mask'].astype(jnp.float32)
+  labels = jnp.maximum(batch['label'], 0)  # Padding rows may carry -1.
+  _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+  correct = top == labels[:, None]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return dict(top1=jnp.sum(correct[:, 0] * mask),
+              top5=jnp.sum(jnp.any(correct, axis=-1) * mask),
+              loss=jnp.sum(jnp.where(mask > 0, loss, 0.0)),
+              count=jnp.sum(mask))
+
+
+def predict_step(model: models.EfficientNet, variables: Mapping[str, Any],
+                 batch: Batch) -> dict[str, jax.Array]:
+  """Top-5 class ids and their softmax probabilities per example."""
+  logits = model.apply(variables, batch['image'], train=False)
+  probs, ids = jax.lax.top_k(jax.nn.softmax(logits),
+                             min(5, logits.shape[-1]))
+  return dict(top5=ids, probs=probs)
+
+
+def is_time(step: int, every: int, total: int) -> bool:
+  """True every `every` steps (never when 0) and on the last step."""
+  return step == total or (every > 0 and step % every == 0)
+
+
+def normalisation(spec: arch.ArchSpec, meta: Mapping[str, Any] | None
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean_rgb, std_rgb): a checkpoint's own (AdvProp, Lite) or the spec's."""
+  if meta and meta.get('mean_rgb') is not None:
+    return tuple(meta['mean_rgb']), tuple(meta['std_rgb'])
+  return tuple(spec.mean_rgb), tuple(spec.std_rgb)
+
+
+def check_batch_size(batch_size: int, name: str) -> int:
+  """The per-process batch; refuses sizes the devices cannot split evenly."""
+  devices = jax.device_count()
+  if batch_size <= 0 or batch_size % devices:
+    raise ConfigError(
+        f'config.{name}={batch_size} is not divisible by the {devices} '
+        f'devices; set --config.{name} to a multiple of {devices}.')
+  return batch_size // jax.process_count()
+
+
+def create_train_state(rng: jax.Array, *, model: models.EfficientNet,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Fresh state; EMA shadows start at the initial values (TF EMA)."""
+  variables = models.init_variables(model, rng)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'], tx=tx,
+      batch_stats=variables['batch_stats'],
+      ema_params=variables['params'],
+      ema_batch_stats=variables['batch_stats'])
+
+
+def load_pretrained(state: TrainState, directory: str) -> TrainState:
+  """Starts a state from a checkpoint's (EMA) weights for fine-tuning.
+
+  Every tensor must fit except the classifier, which is kept freshly
+  initialised when the number of classes differs.
+  """
+  variables, _ = checkpoints.load_variables(directory)
+  fresh = dict(params=state.params, batch_stats=state.batch_stats)
+  params = dict(variables['params'])
+  if np.shape(params['classifier']['kernel']) != np.shape(
+      state.params['classifier']['kernel']):
+    logging.info('Fine-tuning: new %d-class classifier (checkpoint has %d).',
+                 state.params['classifier']['kernel'].shape[-1],
+                 np.shape(params['classifier']['kernel'])[-1])
+    params['classifier'] = jax.device_get(state.params['classifier'])
+  loaded = dict(params=params, batch_stats=variables['batch_stats'])
+  mismatch = checkpoints.first_mismatch(fresh, loaded)
+  if mismatch:
+    raise ConfigError(f'config.init_checkpoint={directory!r} does not fit the '
+                      f'configured model: {mismatch}. Set --config.model to '
+                      'the variant it was trained as.')
+  loaded = jax.tree.map(jnp.asarray, loaded)
+  return state.replace(params=loaded['params'],
+                       batch_stats=loaded['batch_stats'],
+                       ema_params=loaded['params'],
+                       ema_batch_stats=loaded['batch_stats'],
+                       opt_state=state.tx.init(loaded['params']))
+
+
+def check_workdir_model(workdir: str, step: int, meta: Mapping[str, Any],
+                        spec: arch.ArchSpec, num_classes: int) -> None:
+  """Refuses to resume a checkpoint of another network (nothing is touched)."""
+  saved_spec = arch.resolve(meta['model'])
+  if (network_signature(saved_spec) != network_signature(spec) or
+      meta['num_classes'] != num_classes):
+    raise ConfigError(
+        f'Workdir {workdir!r} holds a checkpoint (step {step}) of '
+        f'{saved_spec.name} at {saved_spec.resolution}px with '
+        f'{meta["num_classes"]} classes, but the config asks for {spec.name} '
+        f'at {spec.resolution}px with {num_classes} classes; pass a new '
+        '--workdir, or the config that run was started with.')
+
+
+def network_signature(spec: arch.ArchSpec) -> tuple[Any, ...]:
+  """What fixes the variables' shapes and the input size (not regularisers)."""
+  blocks = tuple(dataclasses.replace(b, drop_path_rate=0.0)
+                 for b in spec.blocks)
+  return (spec.family, spec.stem_filters, spec.head_filters, blocks,
+          spec.resolution)
+
+
+@contextlib.contextmanager
+def sigterm_flag() -> Iterator[threading.Event]:
+  """An Event set by SIGTERM (preemption) while inside the context.
+
+  Restores the previous handler on exit. Off the main thread signals cannot be
+  caught; the event then never fires and the loop relies on orbax's
+  multi-host preemption check.
+  """
+  event = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield event
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+  try:
+    yield event
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def write_metrics(writer: metric_writers.MetricWriter, workdir: str,
+                  step: int, scalars: Mapping[str, float]) -> None:
+  """TensorBoard/log scalars plus one JSON line (process 0 writes the file)."""
+  writer.write_scalars(step, scalars)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
+      f.write(json.dumps(dict(step=step, **{k: float(v) for k, v in
+                                             scalars.items()})) + '\n')
+
+
+def summarise_train_metrics(history: list[tuple[int, Any]]) -> dict[str, float]:
+  """Means over the interval; raises on the first non-finite loss."""
+  steps = [step for step, _ in history]
+  values = jax.device_get([metrics for _, metrics in history])
+  for step, metrics in zip(steps, values):
+    if not np.isfinite(metrics['loss']):
+      raise FloatingPointError(
+          f'Non-finite training loss ({metrics["loss"]}) at step {step + 1}.')
+  summary = {f'train/{name}': float(np.mean([m[name] for m in values]))
+             for name in values[0]}
+  summary['train/learning_rate'] = float(values[-1]['learning_rate'])
+  return summary
+
+
+def evaluate_variables(eval_fn: Callable[..., dict[str, jax.Array]],
+                       variables: Any, eval_iter: Iterator[Batch],
+                       mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """top1, top5 (fractions), loss (mean) and num_examples over one pass."""
+  totals = None
+  for batch in eval_iter:
+    sums = eval_fn(variables, shard_batch(
+        {k: batch[k] for k in ('image', 'label', 'mask')}, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise ConfigError('The eval split yielded no batches; check '
+                      'config.eval_split and config.data_dir.')
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  return dict(top1=float(totals['top1']) / count,
+              top5=float(totals['top5']) / count,
+              loss=float(totals['loss']) / count,
+              num_examples=int(round(count)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What both train and eval derive from a config and a dataset."""
+  mesh: jax.sharding.Mesh
+  spec: arch.ArchSpec
+  model: models.EfficientNet
+  num_classes: int
+  pipeline_args: dict[str, Any]  # resolution, resize, normalisation.
+
+
+def make_setup(model_config: Mapping[str, Any], num_classes: int,
+               meta: Mapping[str, Any] | None) -> Setup:
+  spec = arch.resolve(model_config)
+  mean_rgb, std_rgb = normalisation(spec, meta)
+  return Setup(
+      mesh=create_mesh(), spec=spec,
+      model=models.from_config(model_config, num_classes),
+      num_classes=num_classes,
+      pipeline_args=dict(resolution=spec.resolution,
+                         resize_method=spec.resize_method,
+                         mean_rgb=mean_rgb, std_rgb=std_rgb))
+
+
+def default_data() -> Any:
+  # Imported here so that importing train_lib does not load tensorflow.
+  from efficientnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       data: Any = None) -> dict[str, Any]:
+  """Trains (or resumes) per `config` in `workdir`, evaluating as it goes.
+
+  Args:
+    config: a recipe from configs/ (see configs/imagenet.py for the fields).
+    workdir: checkpoints, TensorBoard events, metrics.jsonl, config.json.
+    data: the input pipeline module (tests pass a synthetic one).
+
+  Returns:
+    dict(step=..., preempted=bool, and the last eval metrics).
+  """
+  data = default_data() if data is None else data
+  workdir = os.path.abspath(workdir)
+  local_batch_size = check_batch_size(config.batch_size, 'batch_size')
+  local_eval_batch_size = check_batch_size(config.eval_batch_size,
+                                           'eval_batch_size')
+  info = data.dataset_info(config)
+  mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints,
+                             enable_async=True)
+  start_step = mngr.latest_step() or 0
+  resumed_meta = None
+  if start_step:
+    resumed_meta = mngr.restore(start_step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))[checkpoints.META]
+  init_meta = None
+  if config.init_checkpoint and not start_step:
+    _, init_meta = checkpoints.restore_raw(config.init_checkpoint)
+  setup = make_setup(config.model, info.num_classes, resumed_meta or init_meta)
+  if resumed_meta:
+    check_workdir_model(workdir, start_step, resumed_meta, setup.spec,
+                        info.num_classes)
+
+  steps_per_epoch = info.num_train_examples / config.batch_size  # TPU-MAIN.
+  total_steps = config.num_train_steps
+  if total_steps is None:
+    # TPU-MAIN train_steps: int(epochs * images / batch).
+    total_steps = int(config.num_epochs * steps_per_epoch)
+  eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch,
+                                                   config.batch_size)
+  tx = optim.create_optimizer(config, learning_rate_fn)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  # The tf.data seeds derive from config.seed inside the input pipeline.
+
+  replicated = jax.sharding.NamedSharding(setup.mesh, P())
+  create = functools.partial(create_train_state, model=setup.model, tx=tx)
+  state_shardings = jax.tree.map(lambda _: replicated,
+                                 jax.eval_shape(create, init_rng))
+  state = jax.jit(create, out_shardings=state_shardings)(init_rng)
+  meta = dict(model=config.model.to_dict(), num_classes=info.num_classes,
+              padding=config.model.padding,
+              mean_rgb=list(setup.pipeline_args['mean_rgb']),
+              std_rgb=list(setup.pipeline_args['std_rgb']),
+              source=f'train.py {config.dataset}')
+  if start_step:
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        checkpoint_tree(state), checkpoint_tree(state_shardings))
+    restored = mngr.restore(start_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))[checkpoints.STATE]
+    state = state.replace(**restored)
+    logging.info('Resumed from %s at step %d.', workdir, start_step)
+  elif config.init_checkpoint:
+    state = jax.device_put(load_pretrained(state, config.init_checkpoint),
+                           state_shardings)
+
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, 'arch_spec.json'), 'w') as f:
+      json.dump(setup.spec.to_dict(), f, indent=2)
+  logging.info('%s: %s parameters, %dpx, %d classes; %d steps of %d images '
+               '(%.2f steps/epoch) on %d devices.', setup.spec.name,
+               f'{models.count_params(state.params):,}', setup.spec.resolution,
+               info.num_classes, total_steps, config.batch_size,
+               steps_per_epoch, jax.device_count())
+
+  data_sharding = jax.sharding.NamedSharding(setup.mesh, P('data'))
+  p_train_step = jax.jit(
+      functools.partial(train_step, learning_rate_fn=learning_rate_fn,
+                        label_smoothing=config.label_smoothing,
+                        ema_decay=config.ema_decay),
+      in_shardings=(state_shardings, data_sharding, replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
+  p_eval_step = jax.jit(functools.partial(eval_step, setup.model),
+                        out_shardings=replicated)
+
+  def evaluate_both(step):
+    results = {}
+    for prefix, use_ema in (('eval', False), ('eval_ema', True)):
+      variables = checkpoints.model_variables(
+          dict(params=state.params, batch_stats=state.batch_stats,
+               ema_params=state.ema_params,
+               ema_batch_stats=state.ema_batch_stats), use_ema=use_ema)
+      eval_iter = data.create_eval_iter(
+          config, local_batch_size=local_eval_batch_size,
+          **setup.pipeline_args)
+      metrics = evaluate_variables(p_eval_step, variables, eval_iter,
+                                   setup.mesh)
+      results.update({f'{prefix}/{k}': v for k, v in metrics.items()})
+    logging.info('Eval at step %d: top-1 %.4f (EMA %.4f), top-5 %.4f '
+                 '(EMA %.4f) on %d examples.', step, results['eval/top1'],
+                 results['eval_ema/top1'], results['eval/top5'],
+                 results['eval_ema/top5'], results['eval/num_examples'])
+    return results
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  if not start_step:
+    writer.write_hparams(flatten_config(config))
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                           writer=writer)
+  hooks = [report]
+  if config.profile_steps and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(
+        logdir=workdir, num_profile_steps=config.profile_steps))
+  train_iter = data.create_train_iter(
+      config, local_batch_size=local_batch_size, start_step=start_step,
+      **setup.pipeline_args)
+
+  history = []
+  results = dict(step=start_step, preempted=False)
+  interval_start, interval_step = time.perf_counter(), start_step
+  with metric_writers.ensure_flushes(writer), mngr, sigterm_flag() as sigterm:
+    for step, batch in zip(range(start_step, total_steps), train_iter):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = p_train_step(state, shard_batch(batch, setup.mesh),
+                                      train_rng)
+      history.append((step, metrics))
+      done = step + 1
+      for hook in hooks:
+        hook(done)
+      preempted = sigterm.is_set() or mngr.reached_preemption(done)
+      save = preempted or is_time(done, config.checkpoint_every_steps,
+                                  total_steps)
+      evaluate = is_time(done, eval_every, total_steps)
+      if save or evaluate or is_time(done, config.log_every_steps,
+                                     total_steps):
+        try:
+          summary = summarise_train_metrics(history)
+        except FloatingPointError as e:
+          raise FloatingPointError(
+              f'{e} Stopped without saving it; the last good checkpoint is '
+              f'step {mngr.latest_step() or "none"} in {workdir}. Lower '
+              '--config.learning_rate or check the input data.') from None
+        elapsed = time.perf_counter() - interval_start
+        steps = done - interval_step
+        summary.update({
+            'perf/steps_per_sec': steps / elapsed,
+            'perf/images_per_sec': steps * config.batch_size / elapsed,
+            'perf/step_time_ms': 1000 * elapsed / steps})
+        write_metrics(writer, workdir, done, summary)
+        logging.info('Step %d/%d: loss %.4f, accuracy %.4f, lr %.5f, '
+                     '%.1f images/s.', done, total_steps,
+                     summary['train/loss'], summary['train/accuracy'],
+                     summary['train/learning_rate'],
+                     summary['perf/images_per_sec'])
+        history = []
+      if evaluate:
+        with report.timed('eval'):
+          eval_results = evaluate_both(done)
+        write_metrics(writer, workdir, done, eval_results)
+        results.update(eval_results)
+      if save:
+        mngr.save(done, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(checkpoint_tree(state)),
+            meta=ocp.args.JsonSave(meta)))
+      results['step'] = done
+      if save or evaluate:
+        # Keep eval and checkpoint time out of the next interval's speed.
+        interval_start, interval_step = time.perf_counter(), done
+      if preempted:
+        results['preempted'] = True
+        logging.warning('Preempted (SIGTERM) at step %d; saved a checkpoint '
+                        'in %s. Rerun the same command to resume.', done,
+                        workdir)
+        break
+    mngr.wait_until_finished()
+  if jax.process_index() == 0:
+    logging.info('TensorBoard logs: %s (tensorboard --logdir %s); metrics: '
+                 '%s; checkpoint: %s (step %d).', workdir, workdir,
+                 os.path.join(workdir, METRICS_FILE), workdir, results['step'])
+  return results
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{'model.phi': ..., 'batch_size': ...} for hparams (None as 'None')."""
+  flat = {}
+  for key, value in flax.traverse_util.flatten_dict(
+      config.to_dict(), sep='.').items():
+    flat[key] = value if isinstance(value, (int, float, str, bool)) else str(
+        value)
+  return flat
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
+                        split: str | None = None, step: int | None = None,
+                        predictions_path: str | None = None,
+                        data: Any = None) -> dict[str, Any]:
+  """Scores a train.py workdir or a converted checkpoint on one split.
+
+  The network is the checkpoint's recorded model section (with the config's
+  runtime fields `dtype` and `depthwise_impl`, and its `resolution` when set),
+  fed with the checkpoint's recorded normalisation. EMA weights are used when
+  the checkpoint has them.
+
+  Returns:
+    dict(top1, top5, loss, num_examples, images_per_sec, weights, step, ...).
+  """
+  data = default_data() if data is None else data
+  state, meta = checkpoints.restore_raw(directory, step)
+  model_config = dict(meta.get('model') or config.model.to_dict())
+  for field in RUNTIME_MODEL_FIELDS:
+    model_config[field] = config.model[field]
+  if config.model.resolution is not None:
+    model_config['resolution'] = config.model.resolution
+  if meta.get('padding'):
+    model_config['padding'] = meta['padding']
+  info = data.dataset_info(config)
+  num_classes = int(meta.get('num_classes', info.num_classes))
+  if num_classes != info.num_classes:
+    raise ConfigError(
+        f'Checkpoint {directory!r} has a {num_classes}-class classifier but '
+        f'config.dataset={config.dataset!r} has {info.num_classes} classes; '
+        'evaluate it on the dataset it was trained or converted for.')
+  setup = make_setup(model_config, num_classes, meta)
+  variables = checkpoints.model_variables(state, use_ema=True)
+  mismatch = checkpoints.first_mismatch(
+      models.abstract_variables(setup.model), variables)
+  if mismatch:
+    raise ConfigError(f'Checkpoint {directory!r} does not fit '
+                      f'{setup.spec.name}: {mismatch}.')
+  local_batch_size = check_batch_size(config.eval_batch_size,
+                                      'eval_batch_size')
+  replicated = jax.sharding.NamedSharding(setup.mesh, P())
+  variables = jax.device_put(variables, replicated)
+  p_eval_step = jax.jit(functools.partial(eval_step, setup.model),
+                        out_shardings=replicated)
+  p_predict_step = jax.jit(functools.partial(predict_step, setup.model))
+
+  totals, rows = None, []
+  start, first_batch_done, counted = None, False, 0
+  eval_iter = data.create_eval_iter(config, local_batch_size=local_batch_size,
+                                    split=split, **setup.pipeline_args)
+  for batch in eval_iter:
+    global_batch = shard_batch(batch, setup.mesh)
+    sums = p_eval_step(variables, global_batch)
+    if predictions_path:
+      top = p_predict_step(variables, global_batch)
+      rows.append(multihost_utils.process_allgather(
+          dict(index=global_batch['index'], label=global_batch['label'],
+               mask=global_batch['mask'], **top), tiled=True))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if not first_batch_done:
+      # Time from the end of the first (compiling) batch.
+      jax.block_until_ready(sums)
+      start, first_batch_done = time.perf_counter(), True
+    else:
+      counted += config.eval_batch_size
+  if totals is None:
+    raise ConfigError(f'Split {split or config.eval_split!r} yielded no '
+                      'batches; check --split and config.data_dir.')
+  totals = jax.device_get(totals)
+  elapsed = time.perf_counter() - start
+  count = float(totals['count'])
+  results = dict(
+      checkpoint=os.path.abspath(directory),
+      step=int(np.asarray(state.get('step', 0))),
+      split=split or config.eval_split,
+      dataset=config.dataset,
+      model=setup.spec.name,
+      resolution=setup.spec.resolution,
+      weights='ema' if state.get('ema_params') is not None else 'raw',
+      top1=float(totals['top1']) / count,
+      top5=float(totals['top5']) / count,
+      loss=float(totals['loss']) / count,
+      num_examples=int(round(count)),
+      images_per_sec=counted / elapsed if counted and elapsed > 0 else
+      math.nan)
+  if predictions_path and jax.process_index() == 0:
+    write_predictions(predictions_path, rows)
+  return results
+
+
+def write_predictions(path: str, rows: list[dict[str, np.ndarray]]) -> None:
+  """One JSON line per example, in split order: index, label, top-5, probs."""
+  merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+  keep = merged['mask'] > 0
+  order = np.argsort(merged['index'][keep], kind='stable')
+  with open(path, 'w') as f:
+    for i in order:
+      f.write(json.dumps(dict(
+          index=int(merged['index'][keep][i]),
+          label=int(merged['label'][keep][i]),
+          top5=[int(c) for c in merged['top5'][keep][i]],
+          probs=[round(float(p), 6) for p in merged['probs'][keep][i]])) + '\n')

@@ -1,0 +1,87 @@
+"""An in-memory stand-in for efficientnet_jax.input_pipeline (tests only).
+
+Same interface and contract (start_step=k yields exactly what the
+uninterrupted iterator yields from step k; eval batches padded with mask 0 and
+index -1), on sklearn's bundled handwritten digits, upsampled by pixel
+repetition and placed in a gray canvas of the requested resolution. Lets the
+train_lib tests run without tensorflow_datasets.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+from sklearn import datasets
+
+DatasetInfo = collections.namedtuple(
+    'DatasetInfo', ['num_classes', 'num_train_examples', 'num_eval_examples'])
+NUM_EVAL = 297  # Not a multiple of any batch size, to exercise padding.
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+  digits = datasets.load_digits()
+  images = (digits.images * (255.0 / 16.0)).astype(np.float32)  # 0..16 -> 255.
+  return images, digits.target.astype(np.int32)
+
+
+def _split(split: str) -> tuple[np.ndarray, np.ndarray]:
+  images, labels = _digits()
+  if split == 'train':
+    return images[:-NUM_EVAL], labels[:-NUM_EVAL]
+  return images[-NUM_EVAL:], labels[-NUM_EVAL:]
+
+
+def dataset_info(config) -> DatasetInfo:
+  del config
+  images, _ = _digits()
+  return DatasetInfo(10, len(images) - NUM_EVAL, NUM_EVAL)
+
+
+def _to_model_input(images, resolution, mean_rgb, std_rgb):
+  scale = max(1, resolution // 8)
+  big = np.kron(images, np.ones((scale, scale), np.float32))
+  canvas = np.zeros((len(images), resolution, resolution), np.float32)
+  offset = (resolution - big.shape[1]) // 2
+  canvas[:, offset:offset + big.shape[1], offset:offset + big.shape[2]] = big
+  rgb = np.repeat(canvas[..., None], 3, axis=-1)
+  return ((rgb - np.asarray(mean_rgb, np.float32)) /
+          np.asarray(std_rgb, np.float32)).astype(np.float32)
+
+
+def create_train_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
+                      local_batch_size, start_step=0, process_index=None,
+                      process_count=None):
+  del resize_method, process_index, process_count
+  images, labels = _split(config.train_split)
+  images = _to_model_input(images, resolution, mean_rgb, std_rgb)
+  n = len(labels)
+  step = start_step
+  while True:
+    start = step * local_batch_size
+    positions = np.arange(start, start + local_batch_size)
+    epochs = positions // n
+    order = {e: np.random.default_rng((config.seed, int(e))).permutation(n)
+             for e in np.unique(epochs)}
+    idx = np.array([order[e][p % n] for e, p in zip(epochs, positions)])
+    yield dict(image=images[idx], label=labels[idx])
+    step += 1
+
+
+def create_eval_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
+                     local_batch_size, split=None, process_index=None,
+                     process_count=None):
+  del resize_method, process_index, process_count
+  images, labels = _split(split or config.eval_split)
+  images = _to_model_input(images, resolution, mean_rgb, std_rgb)
+  for start in range(0, len(labels), local_batch_size):
+    stop = min(start + local_batch_size, len(labels))
+    pad = local_batch_size - (stop - start)
+    yield dict(
+        image=np.concatenate([images[start:stop],
+                              np.zeros((pad,) + images.shape[1:], np.float32)]),
+        label=np.concatenate([labels[start:stop], np.zeros(pad, np.int32)]),
+        mask=np.concatenate([np.ones(stop - start, np.float32),
+                             np.zeros(pad, np.float32)]),
+        index=np.concatenate([np.arange(start, stop, dtype=np.int32),
+                              -np.ones(pad, np.int32)]))
