@@ -11,7 +11,7 @@ wall-clock images/s divided by the usable cores, and images per CPU-second
 of this process (user + system time), which holds up better when other jobs
 share the machine.
 
-  python benchmarks/input_pipeline.py [--seconds=5] [--repeats=3] [--json]
+  python -m benchmarks.input_pipeline [--seconds=5] [--repeats=3] [--json]
 
 With --json the last line is one JSON object with all figures.
 """
