@@ -12,6 +12,7 @@ import os
 
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from efficientnet_jax import cli
@@ -49,8 +50,9 @@ def main(argv):
         f'{results["weights"]} weights): top-1 {100 * results["top1"]:.2f}%, '
         f'top-5 {100 * results["top5"]:.2f}%, '
         f'{results["images_per_sec"]:.1f} images/s. Written to {output}.')
-  with open(output, 'w') as f:
-    json.dump(results, f, indent=2)
+  if jax.process_index() == 0:
+    with open(output, 'w') as f:
+      json.dump(results, f, indent=2)
 
 
 if __name__ == '__main__':

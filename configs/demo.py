@@ -34,19 +34,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.augment = 'none'
   config.randaugment_num_layers = 2
   config.randaugment_magnitude = 10
-  config.crop_padding = 32
+  config.crop_padding = 0  # Eval on the whole 32 px digit (no centre crop).
   config.shuffle_buffer_size = 2048  # The whole training split.
 
   config.batch_size = 64
-  config.eval_batch_size = 64
-  config.num_epochs = 30.0
+  config.eval_batch_size = 72  # 360 test digits = 5 full batches.
+  config.num_epochs = 25.0  # 561 steps.
   config.num_train_steps = ml_collections.FieldReference(None, field_type=int)
-  # The recipe's shape, compressed for a short run from scratch (ours): a
-  # higher rate per 256 images, 1 warm-up epoch, decay every epoch.
-  config.learning_rate = 0.064
+  # The recipe's schedule shape, compressed for a short run from scratch
+  # (ours, measured): a quarter of the reference rate per 256 images (at
+  # batch 64 the full rate makes the loss spike), 1 warm-up epoch, x0.85
+  # every epoch. The test accuracy lags the training accuracy until the rate
+  # is small: BN's running statistics (momentum 0.99, ~100-step memory) only
+  # settle once the weights stop moving quickly.
+  config.learning_rate = 0.004
   config.warmup_epochs = 1.0
   config.lr_decay_epochs = 1.0
-  config.lr_decay_factor = 0.9
+  config.lr_decay_factor = 0.85
   config.rmsprop_decay = 0.9  # TPU-UTILS build_optimizer.
   config.rmsprop_momentum = 0.9
   config.rmsprop_epsilon = 1e-3
@@ -55,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.ema_decay = 0.9999  # TPU-MAIN; its warm-up dominates a short run.
   config.init_checkpoint = ml_collections.FieldReference(None, field_type=str)
 
-  config.eval_every_epochs = 10.0
+  config.eval_every_epochs = 5.0
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2

@@ -79,8 +79,14 @@ def create_mesh(devices: Any = None) -> jax.sharding.Mesh:
 def shard_batch(batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """Host (per-process) numpy arrays -> global arrays sharded on 'data'."""
   sharding = jax.sharding.NamedSharding(mesh, P('data'))
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(x))
-          for key, x in batch.items()}
+
+  def to_global(x):
+    x = np.asarray(x)
+    if x.dtype == np.int64:  # The eval 'index'; jax defaults to 32 bits.
+      x = x.astype(np.int32)
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return {key: to_global(x) for key, x in batch.items()}
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
@@ -545,7 +551,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
   """
   data = default_data() if data is None else data
   state, meta = checkpoints.restore_raw(directory, step)
-  model_config = dict(meta.get('model') or config.model.to_dict())
+  model_config = config.model.to_dict() | dict(meta.get('model') or {})
   for field in RUNTIME_MODEL_FIELDS:
     model_config[field] = config.model[field]
   if config.model.resolution is not None:
