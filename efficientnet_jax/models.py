@@ -187,22 +187,22 @@ def check_images(images: jax.Array, *, endpoints: bool) -> None:
                      'Resize or pad the images.')
 
 
-def init_variables(model: EfficientNet, rng: jax.Array,
-                   resolution: int | None = None) -> dict[str, Any]:
-  """Initial {'params', 'batch_stats'} for a batch of one image."""
-  size = resolution or model.spec.resolution
-  if not model.include_top:
-    size = -(-size // 32) * 32
-  images = jnp.zeros((1, size, size, 3), jnp.float32)
-  return dict(model.init({'params': rng}, images, train=False))
+def init_variables(model: EfficientNet, rng: jax.Array) -> dict[str, Any]:
+  """Initial {'params', 'batch_stats'}, compiled.
+
+  Variable shapes do not depend on the input size, so initialisation traces a
+  single 32x32 image (the smallest that every stride and endpoint accepts)
+  instead of the variant's resolution.
+  """
+  images = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  init = jax.jit(functools.partial(model.init, train=False))
+  return dict(init({'params': rng}, images))
 
 
-def abstract_variables(model: EfficientNet,
-                       resolution: int | None = None) -> dict[str, Any]:
+def abstract_variables(model: EfficientNet) -> dict[str, Any]:
   """The variable shapes and dtypes, computed without allocating any."""
-  return jax.eval_shape(
-      functools.partial(init_variables, model, resolution=resolution),
-      jax.random.key(0))
+  return jax.eval_shape(functools.partial(init_variables, model),
+                        jax.random.key(0))
 
 
 def count_params(tree: Any) -> int:

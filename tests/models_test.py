@@ -29,10 +29,35 @@ TRAINABLE_PARAMS = {
 KERAS_TOTAL = {'b0': 5_330_571, 'b3': 12_320_535, 'b7': 66_658_687}
 
 
+def eval_fn(model):
+  return jax.jit(functools.partial(model.apply, train=False))
+
+
+def train_fn(model):
+  """Compiled train-mode logits for (variables, images, dropout key)."""
+  def logits(variables, images, key):
+    return model.apply(variables, images, train=True, rngs={'dropout': key},
+                       mutable=['batch_stats'])[0]
+  return jax.jit(logits)
+
+
 def tiny_model(**options):
   """B0 layout at 32 px: every block type, compiled in seconds."""
   return models.EfficientNet(arch.spec_for('b0', resolution=32), num_classes=10,
                              **options)
+
+
+@functools.cache
+def tiny_variables():
+  """Variables of tiny_model; padding, dtype and BN options share them."""
+  return models.init_variables(tiny_model(), jax.random.key(0))
+
+
+@functools.cache
+def b0_variables():
+  """B0 with 1000 classes (shapes do not depend on the resolution)."""
+  return models.init_variables(models.EfficientNet(arch.spec_for('b0')),
+                               jax.random.key(0))
 
 
 class SizeTest(parameterized.TestCase):
@@ -83,8 +108,7 @@ class InitializerTest(absltest.TestCase):
     self.assertAlmostEqual(float(jnp.std(kernel)), np.sqrt(2 / 9), delta=0.01)
 
   def test_conv_and_dense_initializers(self):
-    variables = models.init_variables(
-        models.EfficientNet(arch.spec_for('b0')), jax.random.key(0))
+    variables = b0_variables()
     head = variables['params']['head_conv']['kernel']  # (1, 1, 320, 1280)
     self.assertAlmostEqual(float(jnp.std(head)), np.sqrt(2 / 1280), delta=2e-3)
     # Untruncated normal: about 0.3% of draws lie beyond 3 std.
@@ -100,7 +124,7 @@ class BehaviourTest(absltest.TestCase):
 
   def test_b0_forward_backward_under_jit(self):
     model = models.EfficientNet(arch.spec_for('b0', resolution=64))
-    variables = models.init_variables(model, jax.random.key(0))
+    variables = b0_variables()
     images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     labels = jnp.array([3, 7])
 
@@ -127,16 +151,13 @@ class BehaviourTest(absltest.TestCase):
 
   def test_eval_is_deterministic_and_train_is_stochastic(self):
     model = tiny_model()
-    variables = models.init_variables(model, jax.random.key(0))
+    variables = tiny_variables()
     images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-    eval_a = model.apply(variables, images, train=False)
-    eval_b = model.apply(variables, images, train=False)
-    np.testing.assert_array_equal(eval_a, eval_b)
+    np.testing.assert_array_equal(eval_fn(model)(variables, images),
+                                  eval_fn(model)(variables, images))
 
     def train(seed):
-      return model.apply(variables, images, train=True,
-                         rngs={'dropout': jax.random.key(seed)},
-                         mutable=['batch_stats'])[0]
+      return train_fn(model)(variables, images, jax.random.key(seed))
     np.testing.assert_array_equal(train(0), train(0))
     self.assertGreater(float(jnp.abs(train(0) - train(1)).max()), 0)
 
@@ -160,22 +181,22 @@ class BehaviourTest(absltest.TestCase):
 
   def test_bfloat16_compute_keeps_float32_params_and_logits(self):
     model = tiny_model(dtype=jnp.bfloat16)
-    variables = models.init_variables(model, jax.random.key(0))
-    dtypes = {x.dtype for x in jax.tree_util.tree_leaves(variables)}
+    variables = tiny_variables()
+    abstract = models.abstract_variables(model)
+    dtypes = {x.dtype for x in jax.tree_util.tree_leaves(abstract)}
     self.assertEqual(dtypes, {jnp.dtype(jnp.float32)})
-    logits = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False)
+    logits = eval_fn(model)(variables, jnp.ones((2, 32, 32, 3)))
     self.assertEqual(logits.dtype, jnp.float32)
-    reference = tiny_model().apply(variables, jnp.ones((2, 32, 32, 3)),
-                                   train=False)
+    reference = eval_fn(tiny_model())(variables, jnp.ones((2, 32, 32, 3)))
     np.testing.assert_allclose(logits, reference, atol=0.05, rtol=0.05)
 
   def test_symmetric_padding_differs_only_at_stride_two(self):
     same, symmetric = tiny_model(), tiny_model(padding='symmetric')
-    variables = models.init_variables(same, jax.random.key(0))
+    variables = tiny_variables()
     images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     self.assertGreater(float(jnp.abs(
-        same.apply(variables, images, train=False) -
-        symmetric.apply(variables, images, train=False)).max()), 1e-6)
+        eval_fn(same)(variables, images) -
+        eval_fn(symmetric)(variables, images)).max()), 1e-6)
     # With odd sizes TF 'SAME' is symmetric too (REFERENCE §1.9).
     self.assertEqual(layers.explicit_padding(33, 3, 2, 'same'), (1, 1))
     self.assertEqual(layers.explicit_padding(32, 3, 2, 'same'), (0, 1))
@@ -189,12 +210,11 @@ class BehaviourTest(absltest.TestCase):
                          dropout_rate=0.0)
     grouped = models.EfficientNet(spec, num_classes=10, bn_group_size=2)
     whole = models.EfficientNet(spec, num_classes=10)
-    variables = models.init_variables(whole, jax.random.key(0))
+    variables = tiny_variables()
     images = jax.random.normal(jax.random.key(1), (4, 64, 64, 3))
 
     def train_logits(model, images):
-      return model.apply(variables, images, train=True, mutable=['batch_stats'],
-                         rngs={'dropout': jax.random.key(0)})[0]
+      return train_fn(model)(variables, images, jax.random.key(0))
     # Examples 0-1 form one group: they see the statistics of that pair only,
     # exactly as if the batch were those two examples.
     np.testing.assert_allclose(train_logits(grouped, images)[:2],
@@ -208,15 +228,15 @@ class ApiTest(absltest.TestCase):
 
   def test_create_model_round_trips_through_a_checkpoint(self):
     model, variables = efficientnet_jax.create_model(
-        'b0', num_classes=10, resolution=32, rng=jax.random.key(3))
+        'b0', num_classes=10, resolution=32, rng=jax.random.key(0))
     with tempfile.TemporaryDirectory() as directory:
       checkpoints.save(directory, variables, {'source': 'test'})
       loaded_model, loaded = efficientnet_jax.create_model(
           'b0', num_classes=10, resolution=32, checkpoint=directory)
       images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
       np.testing.assert_array_equal(
-          model.apply(variables, images, train=False),
-          loaded_model.apply(loaded, images, train=False))
+          eval_fn(model)(variables, images),
+          eval_fn(loaded_model)(loaded, images))
       with self.assertRaisesRegex(
           ValueError, r"does not fit efficientnet-b2 with 10 classes: tensor "
           r"\[.*\] has shape \(\d+,\) in the checkpoint but the model needs \(\d+,\)"):
@@ -224,8 +244,7 @@ class ApiTest(absltest.TestCase):
                                       checkpoint=directory)
 
   def test_checkpoint_normalisation_is_adopted_and_can_run_inside(self):
-    model, variables = efficientnet_jax.create_model('b0', num_classes=10,
-                                                     resolution=32)
+    model, variables = tiny_model(), tiny_variables()
     advprop = ((127.5,) * 3, (127.5,) * 3)
     with tempfile.TemporaryDirectory() as directory:
       checkpoints.save(directory, variables, {'mean_rgb': advprop[0],
@@ -238,8 +257,8 @@ class ApiTest(absltest.TestCase):
                      (arch.IMAGENET_MEAN, arch.IMAGENET_STD))
     raw = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3)) * 255
     np.testing.assert_allclose(
-        loaded_model.apply(loaded, raw, train=False),
-        model.apply(variables, raw / 127.5 - 1, train=False), atol=1e-5)
+        eval_fn(loaded_model)(loaded, raw),
+        eval_fn(model)(variables, raw / 127.5 - 1), atol=1e-5)
 
   def test_unknown_variant(self):
     with self.assertRaisesRegex(ValueError, "Unknown EfficientNet variant"):
@@ -250,15 +269,14 @@ class ApiTest(absltest.TestCase):
       efficientnet_jax.create_model('phi=-0.5')
 
   def test_wrong_channel_count(self):
-    model, variables = efficientnet_jax.create_model('b0', resolution=32)
+    model, variables = tiny_model(), tiny_variables()
     with self.assertRaisesRegex(ValueError, 'takes 3 RGB channels last'):
       model.apply(variables, jnp.zeros((1, 32, 32, 1)), train=False)
     with self.assertRaisesRegex(ValueError, 'takes 3 RGB channels last'):
       model.apply(variables, jnp.zeros((1, 3, 32, 32)), train=False)
 
   def test_endpoints_need_sizes_divisible_by_32(self):
-    model, variables = efficientnet_jax.create_model('b0', include_top=False,
-                                                     resolution=64)
+    model, variables = tiny_model(include_top=False), tiny_variables()
     with self.assertRaisesRegex(ValueError, 'divisible by 32'):
       model.apply(variables, jnp.zeros((1, 40, 64, 3)), train=False)
 
