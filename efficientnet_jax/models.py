@@ -132,7 +132,7 @@ class EfficientNet(nn.Module):
     check_images(images, endpoints=not self.include_top)
     spec = self.spec
     act = layers.ACTIVATIONS[spec.activation]
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=layers.conv_kernel_init)
     depthwise = functools.partial(layers.DepthwiseConv, padding=self.padding,
                                   impl=self.depthwise_impl, dtype=self.dtype)

@@ -1,0 +1,189 @@
+"""Every rewritten op equals its plain formulation within float32 tolerance.
+
+The fast forms in layers.py exist for speed on XLA:CPU (issue 6); these tests
+hold them to the plain ones, forward and gradients: the shifted depthwise
+convolution against lax's grouped convolution, the 1x1 convolution as a dot
+against flax's Conv, and our BatchNorm against flax.linen.BatchNorm (and its
+grouped statistics against statistics computed per group by hand).
+"""
+
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficientnet_jax import layers
+
+# float32 tolerance for sums of up to a few hundred products of O(1) values.
+RTOL = 1e-5
+ATOL = 1e-5
+
+
+def assert_close(testcase, actual, expected, rtol=RTOL, atol=ATOL):
+  del testcase
+  jax.tree.map(
+      functools.partial(np.testing.assert_allclose, rtol=rtol, atol=atol),
+      jax.tree.map(np.asarray, actual), jax.tree.map(np.asarray, expected))
+
+
+def depthwise_cases():
+  for kernel in (3, 5):
+    for stride in (1, 2):
+      for padding in ('same', 'symmetric'):
+        for size in (8, 9):
+          yield (f'k{kernel}_s{stride}_{padding}_{size}px', kernel, stride,
+                 padding, size)
+
+
+class DepthwiseTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(*depthwise_cases())
+  def test_shifted_equals_grouped_forward_and_gradients(
+      self, kernel_size, stride, padding, size):
+    keys = jax.random.split(jax.random.key(kernel_size * 100 + size), 3)
+    x = jax.random.normal(keys[0], (2, size, size + 1, 8))
+    kernel = jax.random.normal(keys[1], (kernel_size, kernel_size, 1, 8))
+    pads = layers.spatial_padding(x.shape, kernel_size, stride, padding)
+
+    def loss(impl, x, kernel):
+      out = impl(x, kernel, stride, pads)
+      # A fixed random cotangent, so every output element matters.
+      weights = jax.random.normal(keys[2], out.shape)
+      return jnp.sum(out * weights), out
+
+    grad = lambda impl: jax.jit(jax.grad(
+        functools.partial(loss, impl), argnums=(0, 1), has_aux=True))
+    (dx, dk), out = grad(layers.depthwise_shifted)(x, kernel)
+    (dx_ref, dk_ref), out_ref = grad(layers.depthwise_grouped)(x, kernel)
+    self.assertEqual(out.shape, out_ref.shape)
+    assert_close(self, out, out_ref)
+    assert_close(self, dx, dx_ref)
+    assert_close(self, dk, dk_ref, atol=1e-4)  # Sums over every pixel.
+
+  def test_module_impls_agree(self):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
+    conv = lambda impl: layers.DepthwiseConv(3, 2, impl=impl)
+    variables = conv('shifted').init(jax.random.key(1), x)
+    assert_close(self, conv('shifted').apply(variables, x),
+                 conv('grouped').apply(variables, x))
+
+  def test_unknown_impl_is_refused(self):
+    x = jnp.zeros((1, 4, 4, 2))
+    with self.assertRaisesRegex(ValueError, "'auto', 'shifted' or 'grouped'"):
+      layers.DepthwiseConv(3, impl='fft').init(jax.random.key(0), x)
+
+
+class PointwiseConvTest(absltest.TestCase):
+
+  def test_1x1_dot_equals_flax_conv_forward_and_gradients(self):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 16))
+    ours = layers.Conv(24, (1, 1), use_bias=False)
+    plain = nn.Conv(24, (1, 1), use_bias=False)
+    variables = ours.init(jax.random.key(1), x)
+    # Same parameter name, shape and initial values as flax's Conv.
+    assert_close(self, variables, plain.init(jax.random.key(1), x), 0, 0)
+    weights = jax.random.normal(jax.random.key(2), (2, 6, 5, 24))
+
+    def loss(module, v, x):
+      return jnp.sum(module.apply(v, x) * weights)
+
+    assert_close(self, ours.apply(variables, x), plain.apply(variables, x))
+    assert_close(self, jax.grad(functools.partial(loss, ours), (0, 1))(
+        variables, x), jax.grad(functools.partial(loss, plain), (0, 1))(
+            variables, x))
+
+  def test_other_kernels_are_flax_conv(self):
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
+    for options in (dict(kernel_size=(3, 3), strides=(2, 2)),
+                    dict(kernel_size=(1, 1), strides=(2, 2))):
+      ours = layers.Conv(5, use_bias=False, **options)
+      variables = ours.init(jax.random.key(1), x)
+      np.testing.assert_array_equal(
+          ours.apply(variables, x),
+          nn.Conv(5, use_bias=False, **options).apply(variables, x))
+
+
+class BatchNormTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (8, 5, 5, 6))
+
+  def test_matches_flax_batchnorm_train_and_eval(self):
+    ours = layers.BatchNorm()
+    flax_bn = nn.BatchNorm(momentum=0.99, epsilon=1e-3)
+    variables = ours.init(jax.random.key(0), self.x, train=False)
+    reference = flax_bn.init(jax.random.key(0), self.x,
+                             use_running_average=True)
+    assert_close(self, variables, reference, 0, 0)
+    # Non-trivial affine and running statistics.
+    variables = jax.tree.map(
+        lambda v: v + 0.1 * jax.random.normal(jax.random.key(1), v.shape),
+        variables)
+
+    out, updates = ours.apply(variables, self.x, train=True,
+                              mutable=['batch_stats'])
+    ref_out, ref_updates = flax_bn.apply(variables, self.x,
+                                         use_running_average=False,
+                                         mutable=['batch_stats'])
+    assert_close(self, out, ref_out)
+    assert_close(self, updates, ref_updates)
+    assert_close(self, ours.apply(variables, self.x, train=False),
+                 flax_bn.apply(variables, self.x, use_running_average=True))
+
+  def test_gradients_match_flax_batchnorm(self):
+    variables = layers.BatchNorm().init(jax.random.key(0), self.x, train=False)
+    weights = jax.random.normal(jax.random.key(2), self.x.shape)
+
+    def loss(apply, params, x):
+      out, _ = apply({'params': params,
+                      'batch_stats': variables['batch_stats']}, x)
+      return jnp.sum(out * weights)
+
+    ours = functools.partial(layers.BatchNorm().apply, train=True,
+                             mutable=['batch_stats'])
+    plain = functools.partial(
+        nn.BatchNorm(momentum=0.99, epsilon=1e-3).apply,
+        use_running_average=False, mutable=['batch_stats'])
+    assert_close(
+        self,
+        jax.grad(functools.partial(loss, ours), (0, 1))(variables['params'],
+                                                        self.x),
+        jax.grad(functools.partial(loss, plain), (0, 1))(variables['params'],
+                                                         self.x),
+        atol=1e-4)
+
+  def test_grouped_statistics_equal_per_group_by_hand(self):
+    bn = layers.BatchNorm(group_size=2)
+    variables = bn.init(jax.random.key(0), self.x, train=False)
+    out, updates = bn.apply(variables, self.x, train=True,
+                            mutable=['batch_stats'])
+    x = np.asarray(self.x, np.float64)
+    means, variances, expected = [], [], []
+    for group in np.split(x, 4):  # 8 examples, groups of 2.
+      mean = group.mean(axis=(0, 1, 2))
+      var = group.var(axis=(0, 1, 2))
+      means.append(mean)
+      variances.append(var)
+      expected.append((group - mean) / np.sqrt(var + 1e-3))
+    np.testing.assert_allclose(out, np.concatenate(expected), atol=1e-4)
+    # Running averages move towards the mean of the group statistics.
+    np.testing.assert_allclose(updates['batch_stats']['mean'],
+                               0.01 * np.mean(means, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(updates['batch_stats']['var'],
+                               0.99 + 0.01 * np.mean(variances, axis=0),
+                               rtol=1e-5)
+
+  def test_group_size_must_divide_batch(self):
+    bn = layers.BatchNorm(group_size=3)
+    variables = bn.init(jax.random.key(0), self.x, train=False)
+    with self.assertRaisesRegex(ValueError, 'does not divide the batch of 8'):
+      bn.apply(variables, self.x, train=True, mutable=['batch_stats'])
+
+
+if __name__ == '__main__':
+  absltest.main()
