@@ -222,9 +222,11 @@ def run_worker(spec: dict) -> dict:
   first_step_s = time.perf_counter() - start
   times = time_steps(step, steps=spec['steps'], warmup=spec['warmup'])
   median = statistics.median(times)
+  # The 1-minute load average: above the core count, other processes were
+  # competing for the cores during this run.
   return dict(spec, first_step_s=first_step_s, step_s=median,
               step_times_s=times, img_s=spec['batch'] / median,
-              max_rss_mb=max_rss_mb())
+              max_rss_mb=max_rss_mb(), load_average=os.getloadavg()[0])
 
 
 # ---------------------------------------------------------------------------
@@ -464,7 +466,8 @@ def main() -> None:
             (result['error'] if 'error' in result else
              f"{result['img_s']:.1f} img/s, first step "
              f"{result['first_step_s']:.1f} s, max RSS "
-             f"{result['max_rss_mb']:.0f} MiB"), file=sys.stderr, flush=True)
+             f"{result['max_rss_mb']:.0f} MiB, load average "
+             f"{result['load_average']:.1f}"), file=sys.stderr, flush=True)
 
   report = dict(machine=machine_description(), results=results)
   print(f'Machine: {report["machine"]}; medians of {args.repeats} rounds, '
