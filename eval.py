@@ -16,7 +16,7 @@ import jax
 from ml_collections import config_flags
 
 from efficientnet_jax import cli
-from efficientnet_jax import train_lib
+from efficientnet_jax import eval_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Recipe file naming the dataset, e.g. configs/demo.py.',
@@ -39,7 +39,7 @@ def main(argv):
   if len(argv) > 1:
     raise flags.Error(f'Unexpected arguments: {argv[1:]}')
   cli.setup_devices(_DISTRIBUTED.value)
-  results = train_lib.evaluate_checkpoint(
+  results = eval_lib.evaluate_checkpoint(
       _CONFIG.value, _CHECKPOINT.value, split=_SPLIT.value, step=_STEP.value,
       predictions_path=_PREDICTIONS.value)
   output = _OUTPUT.value or os.path.join(

@@ -22,7 +22,8 @@ LEARNING_RATE_BATCH = 256
 LearningRateFn = Callable[[jax.Array], jax.Array]
 
 
-def peak_learning_rate(base_learning_rate: float, global_batch_size: int) -> float:
+def peak_learning_rate(base_learning_rate: float,
+                       global_batch_size: int) -> float:
   """TPU-MAIN: base_learning_rate * global_batch_size / 256."""
   return base_learning_rate * global_batch_size / LEARNING_RATE_BATCH
 
@@ -114,7 +115,7 @@ def create_optimizer(config: Any,
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
-  """tf.train.ExponentialMovingAverage with num_updates: min(decay, (1+t)/(10+t)).
+  """TF ExponentialMovingAverage(num_updates=t): min(decay, (1+t)/(10+t)).
 
   TPU-MAIN passes num_updates=global_step and applies the average after the
   optimizer step has incremented it, so `step` is the number of updates

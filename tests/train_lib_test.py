@@ -335,3 +335,28 @@ def test_eight_devices_equal_one_device_with_one_compile():
   assert measured['compiles'] == 1, measured
   assert measured['shardings_preserved'], measured
   assert 'not divisible by the 8 devices' in measured['indivisible_error']
+
+
+def test_fine_tuning_loads_everything_but_a_resized_classifier(tmp_path):
+  source = two_block_model(num_classes=5)
+  pretrained = models.init_variables(source, jax.random.key(3))
+  checkpoints.save(str(tmp_path), dict(pretrained), dict(
+      model={}, num_classes=5, padding='same', mean_rgb=[127.5] * 3,
+      std_rgb=[127.5] * 3, source='test'))
+  state = make_state(two_block_model(num_classes=10))
+  tuned = train_lib.load_pretrained(state, str(tmp_path))
+  for name in ('params', 'ema_params'):
+    tree = getattr(tuned, name)
+    for key in tree:
+      expected = (state.params if key == 'classifier' else
+                  pretrained['params'])[key]
+      jax.tree.map(np.testing.assert_array_equal, tree[key], expected)
+  jax.tree.map(np.testing.assert_array_equal, tuned.batch_stats,
+               pretrained['batch_stats'])
+  # A checkpoint of another network is refused with the first misfit tensor.
+  other = make_state(models.EfficientNet(
+      dataclasses.replace(two_block_model().spec, head_filters=64),
+      num_classes=10))
+  with pytest.raises(train_lib.ConfigError,
+                     match=r"\['head_bn'\].*shape \(320,\) in the checkpoint"):
+    train_lib.load_pretrained(other, str(tmp_path))
