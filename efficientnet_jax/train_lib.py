@@ -241,12 +241,15 @@ def network_signature(spec: arch.ArchSpec) -> tuple[Any, ...]:
 def sigterm_flag() -> Iterator[threading.Event]:
   """An Event set by SIGTERM (preemption) while inside the context.
 
-  Restores the previous handler on exit. Off the main thread signals cannot be
-  caught; the event then never fires and the loop relies on orbax's
-  multi-host preemption check.
+  Single-process runs only, and restores the previous handler on exit. With
+  several processes every one of them must stop at the same step (saving is
+  collective), which jax.distributed's preemption service arranges and orbax's
+  `reached_preemption` reports; a Python handler would replace its own. Off
+  the main thread signals cannot be caught at all.
   """
   event = threading.Event()
-  if threading.current_thread() is not threading.main_thread():
+  if (jax.process_count() > 1 or
+      threading.current_thread() is not threading.main_thread()):
     yield event
     return
   previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
