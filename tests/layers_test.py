@@ -64,6 +64,22 @@ class DepthwiseTest(parameterized.TestCase):
     assert_close(self, dx, dx_ref)
     assert_close(self, dk, dk_ref, atol=1e-4)  # Sums over every pixel.
 
+  @parameterized.named_parameters(('s1', 1), ('s2', 2))
+  def test_kernel_gradient_summed_over_batch_chunks(self, stride):
+    # The hand-written kernel gradient scans over batch chunks when a layer
+    # outgrows the cache budget; a 1-byte budget forces one example a chunk.
+    keys = jax.random.split(jax.random.key(stride), 3)
+    x = jax.random.normal(keys[0], (4, 9, 8, 8))
+    kernel = jax.random.normal(keys[1], (3, 3, 1, 8))
+    pads = layers.spatial_padding(x.shape, 3, stride, 'same')
+    grad_out = jax.random.normal(
+        keys[2], layers.depthwise_grouped(x, kernel, stride, pads).shape)
+    _, vjp = jax.vjp(
+        lambda k: layers.depthwise_grouped(x, k, stride, pads), kernel)
+    chunked = layers._shifted_kernel_grad(  # pylint: disable=protected-access
+        x, grad_out, kernel, stride, pads, chunk_bytes=1)
+    assert_close(self, chunked, vjp(grad_out)[0], atol=1e-4)
+
   def test_module_impls_agree(self):
     x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
     conv = lambda impl: layers.DepthwiseConv(3, 2, impl=impl)
