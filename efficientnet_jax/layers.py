@@ -109,8 +109,9 @@ def _shifted_fwd(x, kernel, stride, pads):
 
 def _shifted_bwd(stride, pads, residuals, grad_out):
   x, kernel = residuals
+  padded = jnp.pad(x, [(0, 0), *pads, (0, 0)])
   return (_shifted_input_grad(grad_out, kernel, stride, pads, x.shape),
-          _shifted_kernel_grad(x, grad_out, kernel, stride, pads))
+          _shifted_kernel_grad(padded, grad_out, kernel, stride))
 
 
 depthwise_shifted.defvjp(_shifted_fwd, _shifted_bwd)
@@ -132,7 +133,7 @@ def _shifted_input_grad(grad_out, kernel, stride, pads, x_shape):
   return _shifted_taps(spread, kernel[::-1, ::-1], 1)
 
 
-def _shifted_kernel_grad(x, grad_out, kernel, stride, pads,
+def _shifted_kernel_grad(padded, grad_out, kernel, stride,
                          chunk_bytes: int = 2 << 20):
   """dk[i, j, c] = sum over pixels of tap (i, j)'s window times grad_out.
 
@@ -142,29 +143,25 @@ def _shifted_kernel_grad(x, grad_out, kernel, stride, pads,
   whole batch for a 32x112x112x96 layer).
   """
   kh, kw = kernel.shape[:2]
-  xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
   batch, out_h, out_w = grad_out.shape[:3]
-  per_example = (xp[0].size + grad_out[0].size) * xp.dtype.itemsize
+  per_example = (padded[0].size + grad_out[0].size) * padded.dtype.itemsize
   chunk = max((d for d in range(1, batch + 1)
                if batch % d == 0 and d * per_example <= chunk_bytes),
               default=1)
 
-  def taps(xp_chunk, grad_chunk):
+  def taps(start):
+    xs = jax.lax.dynamic_slice_in_dim(padded, start, chunk)
+    gs = jax.lax.dynamic_slice_in_dim(grad_out, start, chunk)
     return jnp.stack([
         jnp.stack([
-            jnp.sum(_window(xp_chunk, i, j, stride, out_h, out_w)
-                    .astype(jnp.float32) * grad_chunk.astype(jnp.float32),
+            jnp.sum(_window(xs, i, j, stride, out_h, out_w)
+                    .astype(jnp.float32) * gs.astype(jnp.float32),
                     axis=(0, 1, 2))
             for j in range(kw)]) for i in range(kh)])
 
-  if chunk == batch:
-    total = taps(xp, grad_out)
-  else:
-    split = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])
-    total, _ = jax.lax.scan(
-        lambda acc, xs: (acc + taps(*xs), None),
-        jnp.zeros((kh, kw, x.shape[-1]), jnp.float32),
-        (split(xp), split(grad_out)))
+  total = jax.lax.fori_loop(
+      0, batch // chunk, lambda n, acc: acc + taps(n * chunk),
+      jnp.zeros((kh, kw, kernel.shape[-1]), jnp.float32))
   return total[:, :, None, :].astype(kernel.dtype)
 
 
