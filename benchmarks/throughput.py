@@ -89,7 +89,10 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
   sys.path.insert(0, REPO_ROOT)  # Run as a script: make the package importable.
   import jax  # pylint: disable=g-import-not-at-top
   from configs import imagenet  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax import host_memory  # pylint: disable=g-import-not-at-top
   from efficientnet_jax import models  # pylint: disable=g-import-not-at-top
+
+  host_memory.release_after_each_compile()  # As train.py and eval.py do.
 
   config = imagenet.get_config(variant)
   config.model.dtype = dtype
@@ -110,11 +113,13 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
   learning_rate_fn = optim.create_learning_rate_fn(
       config, TRAIN_IMAGES / batch, batch)
   tx = optim.create_optimizer(config, learning_rate_fn)
-  # Under jit, as train_lib does: the EMA shadows get buffers of their own
-  # (eager creation aliases them to the parameters, and the state is donated).
+  # Under jit and compiled for compile speed, as train_lib.initial_state does
+  # (eager creation would alias the EMA shadows to the parameters, and the
+  # state is donated).
   create = jax.jit(functools.partial(train_lib.create_train_state,
                                      model=model, tx=tx))
-  holder = [create(keys[2])]
+  holder = [create.lower(keys[2]).compile(
+      compiler_options=train_lib.RUN_ONCE_COMPILER_OPTIONS)(keys[2])]
   train_step = jax.jit(
       functools.partial(train_lib.train_step,
                         learning_rate_fn=learning_rate_fn,

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from efficientnet_jax import checkpoints
+from efficientnet_jax import host_memory
 from efficientnet_jax import input_pipeline
 from efficientnet_jax import models
 from efficientnet_jax import train_lib
@@ -56,6 +57,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
     dict(top1, top5, loss, num_examples, images_per_sec, weights, step, ...).
   """
   data = input_pipeline if data is None else data
+  host_memory.release_after_each_compile()
   state, meta = checkpoints.restore_raw(directory, step)
   model_config = config.model.to_dict() | dict(meta.get('model') or {})
   for field in RUNTIME_MODEL_FIELDS:

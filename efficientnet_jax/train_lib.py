@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
+from efficientnet_jax import host_memory
 from efficientnet_jax import input_pipeline
 from efficientnet_jax import models
 from efficientnet_jax import optim
@@ -370,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     dict(step=..., preempted=bool, and the last eval metrics).
   """
   data = input_pipeline if data is None else data
+  host_memory.release_after_each_compile()
   workdir = os.path.abspath(workdir)
   local_batch_size = check_batch_size(config.batch_size, 'batch_size')
   local_eval_batch_size = check_batch_size(config.eval_batch_size,
