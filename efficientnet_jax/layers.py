@@ -2,10 +2,12 @@
 
 Each exists because flax's own version misses something the reference needs:
 - `Conv`: flax's Conv with 1x1 stride-1 kernels run as one matrix product,
-  which XLA:CPU executes ~4x faster than the same convolution.
+  which XLA:CPU executes ~4x faster than the same convolution, with a
+  hand-written gradient that keeps XLA from fusing into a slow transpose.
 - `DepthwiseConv`: TF padding semantics chosen per call ('same' or timm's
   symmetric), TF's depthwise init, and a shifted multiply-add formulation for
-  XLA:CPU, whose grouped convolution is ~15x slower (see `depthwise_shifted`).
+  XLA:CPU, whose grouped convolution is ~15x slower (see `depthwise_shifted`),
+  with a hand-written gradient (autodiff of the shifts runs ~5x the forward).
 - `BatchNorm`: optional per-group statistics (the official TPU recipe's
   grouped cross-replica BN) on top of flax's parameter names and semantics.
 - `drop_path`: per-example stochastic depth on the residual branch.
