@@ -113,13 +113,8 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
   learning_rate_fn = optim.create_learning_rate_fn(
       config, TRAIN_IMAGES / batch, batch)
   tx = optim.create_optimizer(config, learning_rate_fn)
-  # Under jit and compiled for compile speed, as train_lib.initial_state does
-  # (eager creation would alias the EMA shadows to the parameters, and the
-  # state is donated).
-  create = jax.jit(functools.partial(train_lib.create_train_state,
-                                     model=model, tx=tx))
-  holder = [create.lower(keys[2]).compile(
-      compiler_options=train_lib.RUN_ONCE_COMPILER_OPTIONS)(keys[2])]
+  create = functools.partial(train_lib.create_train_state, model=model,
+                             tx=tx)
   train_step = jax.jit(
       functools.partial(train_lib.train_step,
                         learning_rate_fn=learning_rate_fn,
@@ -127,6 +122,13 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
                         ema_decay=config.ema_decay),
       donate_argnums=0)
   data = dict(image=images, label=labels)
+  # As train_lib does: the step compiles in a thread while the state is
+  # created under jit, compiled for compile speed (eager creation would alias
+  # the EMA shadows to the parameters, and the state is donated).
+  lowered = train_step.lower(jax.eval_shape(create, keys[2]), data, keys[3])
+  holder = [train_lib.compile_during(
+      lowered, lambda: jax.jit(create).lower(keys[2]).compile(
+          compiler_options=train_lib.RUN_ONCE_COMPILER_OPTIONS)(keys[2]))]
 
   def step():
     holder[0], metrics = train_step(holder[0], data, keys[3])
