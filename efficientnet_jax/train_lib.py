@@ -346,7 +346,14 @@ def compile_during(lowered: jax.stages.Lowered, work: Callable[[], Any]) -> Any:
   function's first call reuses it; should the background compilation fail,
   that first call compiles again and reports the error itself.
   """
-  thread = threading.Thread(target=lowered.compile, daemon=True)
+  def compile_quietly():
+    try:
+      lowered.compile()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Background compilation failed (%s); the first step '
+                      'compiles again.', e)
+
+  thread = threading.Thread(target=compile_quietly, daemon=True)
   thread.start()
   try:
     return work()
