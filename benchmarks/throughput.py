@@ -6,7 +6,7 @@ ours, each peer, ... for --repeats rounds, so a slow spell of a shared machine
 hits every contender alike. The table gives medians over the rounds.
 
 Contenders (EfficientNet-B0 by default, --variant for others; fp32):
-  ours          efficientnet_jax: train_lib.train_step under jax.jit (the step
+  ours          efficientnet_jax: steps.train_step under jax.jit (the step
                 train.py runs: forward + backward in BN train mode with dropout
                 and drop-path, coupled L2, TF1-RMSProp, EMA of weights and BN
                 statistics; the state is donated); inference is jit(apply).
@@ -92,7 +92,9 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
   from efficientnet_jax import host_memory  # pylint: disable=g-import-not-at-top
   from efficientnet_jax import models  # pylint: disable=g-import-not-at-top
 
-  host_memory.release_after_each_compile()  # As train.py and eval.py do.
+  # As train.py and eval.py do (cli.setup_devices, train_lib).
+  host_memory.reuse_execution_memory()
+  host_memory.release_after_each_compile()
 
   config = imagenet.get_config(variant)
   config.model.dtype = dtype
@@ -108,15 +110,15 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
 
   import functools  # pylint: disable=g-import-not-at-top
   from efficientnet_jax import optim  # pylint: disable=g-import-not-at-top
-  from efficientnet_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from efficientnet_jax import steps  # pylint: disable=g-import-not-at-top
 
   learning_rate_fn = optim.create_learning_rate_fn(
       config, TRAIN_IMAGES / batch, batch)
   tx = optim.create_optimizer(config, learning_rate_fn)
-  create = functools.partial(train_lib.create_train_state, model=model,
+  create = functools.partial(steps.create_train_state, model=model,
                              tx=tx)
   train_step = jax.jit(
-      functools.partial(train_lib.train_step,
+      functools.partial(steps.train_step,
                         learning_rate_fn=learning_rate_fn,
                         label_smoothing=config.label_smoothing,
                         ema_decay=config.ema_decay),
@@ -126,9 +128,9 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
   # created under jit, compiled for compile speed (eager creation would alias
   # the EMA shadows to the parameters, and the state is donated).
   lowered = train_step.lower(jax.eval_shape(create, keys[2]), data, keys[3])
-  holder = [train_lib.compile_during(
+  holder = [steps.compile_during(
       lowered, lambda: jax.jit(create).lower(keys[2]).compile(
-          compiler_options=train_lib.RUN_ONCE_COMPILER_OPTIONS)(keys[2]))]
+          compiler_options=steps.RUN_ONCE_COMPILER_OPTIONS)(keys[2]))]
 
   def step():
     holder[0], metrics = train_step(holder[0], data, keys[3])

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from absl import app
 from absl import logging
 
+from efficientnet_jax import host_memory
 from efficientnet_jax import train_lib
 
 
@@ -74,10 +75,15 @@ def quiet_library_logs() -> None:
 
 
 def setup_devices(distributed: bool) -> None:
-  """Keeps TF (data only) off accelerators; joins a multi-process job."""
+  """Keeps TF (data only) off accelerators; joins a multi-process job.
+
+  Runs before any jax computation: it also sets how XLA:CPU holds each step's
+  memory, which jax reads when it creates its CPU client.
+  """
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   import jax
+  host_memory.reuse_execution_memory()
   tf.config.set_visible_devices([], 'GPU')
   if distributed or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     # Auto-detects SLURM, Open MPI, Kubernetes and Cloud TPU environments.

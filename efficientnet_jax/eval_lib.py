@@ -25,6 +25,7 @@ from efficientnet_jax import checkpoints
 from efficientnet_jax import host_memory
 from efficientnet_jax import input_pipeline
 from efficientnet_jax import models
+from efficientnet_jax import steps
 from efficientnet_jax import train_lib
 
 P = jax.sharding.PartitionSpec
@@ -84,7 +85,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
                                                 'eval_batch_size')
   replicated = jax.sharding.NamedSharding(setup.mesh, P())
   variables = jax.device_put(variables, replicated)
-  p_eval_step = jax.jit(functools.partial(train_lib.eval_step, setup.model),
+  p_eval_step = jax.jit(functools.partial(steps.eval_step, setup.model),
                         out_shardings=replicated)
   p_predict_step = jax.jit(functools.partial(predict_step, setup.model))
 

@@ -1,12 +1,18 @@
-"""Hands the host memory XLA's compiler freed back to the operating system.
+"""How XLA:CPU's host memory is held: freed after compiles, kept across steps.
 
-XLA:CPU compiles through LLVM, and glibc keeps the memory LLVM frees in its
-heap, resident but unused: compiling B0's train step (batch 32, 224 px) left
-1.2 GB behind, on top of the 3 GB the step's own buffers need, and the
-process's peak memory is what a training job is sized by. glibc's
-`malloc_trim` returns those pages; doing it after every backend compilation
-took the peak from 5.7 GB to 4.6 GB (benchmarks/throughput.py). No library
-does this for us: jax exposes the compile event, glibc the call.
+Two opposite fixes to glibc's defaults, each measured on B0's train step
+(batch 32, 224 px, benchmarks/throughput.py). No library does either for us:
+jax exposes the compile event and the dispatch switch, glibc the calls.
+
+- After compiling, glibc keeps the memory LLVM freed in its heap, resident but
+  unused (1.2 GB); `malloc_trim` after every backend compilation took the
+  process's peak from 5.7 GB to 4.6 GB (`release_after_each_compile`).
+- Every execution allocates its temporaries (2.8 GB) afresh. From the
+  asynchronous dispatcher's worker thread glibc serves that from a new mmap and
+  unmaps it on free, so each step faulted in 720,000 zeroed pages: 1.3 s of
+  kernel time in a 2.4 s step. Executed on the calling thread, from glibc's
+  main heap with mmap and trimming off, the pages stay mapped for the next
+  step: 1.5 s, the same peak (`reuse_execution_memory`).
 """
 
 from __future__ import annotations
@@ -22,14 +28,23 @@ import jax
 BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
 @functools.cache
-def _malloc_trim() -> Any:
-  """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
-  name = ctypes.util.find_library('c')
+def _libc_function(name: str) -> Any:
+  """A glibc function, or None where the C library lacks it (musl, macOS)."""
+  library = ctypes.util.find_library('c')
   try:
-    return ctypes.CDLL(name).malloc_trim if name else None
+    return getattr(ctypes.CDLL(library), name) if library else None
   except (OSError, AttributeError):
     return None
+
+
+def _malloc_trim() -> Any:
+  return _libc_function('malloc_trim')
 
 
 def release_freed_memory() -> bool:
@@ -51,3 +66,27 @@ def _on_duration_event(event: str, duration: float, **unused: Any) -> None:
 def release_after_each_compile() -> None:
   """From now on, trims the heap whenever jax finishes compiling a program."""
   jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
+
+
+def reuse_execution_memory() -> bool:
+  """Keeps each XLA:CPU execution's buffer pages mapped for the next one.
+
+  Call before the first jax computation: the dispatch switch is read when jax
+  creates its CPU client. Executions then run on the calling thread (only
+  single-device ones; multi-device programs keep their threads), whose large
+  allocations come from glibc's main heap, here grown with brk rather than
+  mmap and never trimmed except by `release_freed_memory`. The switch only
+  touches the CPU client; GPU/TPU device buffers are not host memory.
+
+  Returns:
+    False where the C library is not glibc (nothing changed), else True.
+  """
+  mallopt = _libc_function('mallopt')
+  if mallopt is None:
+    return False
+  # Trimming off first: once mmap is off, a freed block at the top of the heap
+  # would otherwise be handed back at once.
+  if not (mallopt(_M_TRIM_THRESHOLD, -1) and mallopt(_M_MMAP_MAX, 0)):
+    return False
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  return True

@@ -1,4 +1,4 @@
-"""Training and evaluation: TrainState, train_step, eval_step and the loops.
+"""The training loop around steps.py: data, mesh, checkpoints, metrics, resume.
 
 The loop is data parallel over one `jax.sharding.Mesh` with a 'data' axis
 spanning every device of every process: the state is replicated, batches are
@@ -28,7 +28,6 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import flax
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -42,30 +41,18 @@ from efficientnet_jax import host_memory
 from efficientnet_jax import input_pipeline
 from efficientnet_jax import models
 from efficientnet_jax import optim
+from efficientnet_jax import steps
 
 P = jax.sharding.PartitionSpec
 Batch = Mapping[str, Any]
 METRICS_FILE = 'metrics.jsonl'
 
 
-# XLA DebugOptions for programs that run once (what jax's
-# jax_disable_most_optimizations sets).
-RUN_ONCE_COMPILER_OPTIONS = dict(xla_backend_optimization_level=0,
-                                 xla_llvm_disable_expensive_passes=True)
-
-
 class ConfigError(ValueError):
   """A config or workdir that cannot work; the message says how to fix it."""
 
 
-class TrainState(train_state.TrainState):
-  """Flax's TrainState plus BN statistics and their EMA shadows (§5.6)."""
-  batch_stats: Any
-  ema_params: Any
-  ema_batch_stats: Any
-
-
-def checkpoint_tree(state: TrainState) -> dict[str, Any]:
+def checkpoint_tree(state: steps.TrainState) -> dict[str, Any]:
   """The `state` item of the checkpoint format (see checkpoints.py)."""
   return dict(step=state.step, params=state.params,
               batch_stats=state.batch_stats, opt_state=state.opt_state,
@@ -92,68 +79,6 @@ def shard_batch(batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   return {key: to_global(x) for key, x in batch.items()}
 
 
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
-                       label_smoothing: float) -> jax.Array:
-  """Mean softmax cross-entropy on smoothed one-hot labels (TPU-MAIN)."""
-  one_hot = jax.nn.one_hot(labels, logits.shape[-1])
-  # TF label_smoothing: onehot * (1 - s) + s / num_classes, as optax's.
-  targets = optax.smooth_labels(one_hot, label_smoothing)
-  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
-
-
-def train_step(state: TrainState, batch: Batch, train_rng: jax.Array, *,
-               learning_rate_fn: optim.LearningRateFn, label_smoothing: float,
-               ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a (global) batch, then the EMA update.
-
-  The randomness (dropout, drop-path) is `fold_in(train_rng, step)`, so a
-  resumed run replays exactly the same masks.
-  """
-  rng = jax.random.fold_in(train_rng, state.step)
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-        train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
-    loss = cross_entropy_loss(logits, batch['label'], label_smoothing)
-    return loss, (logits, updates['batch_stats'])
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  decay = optim.ema_decay_at(new_state.step, ema_decay)
-  new_state = new_state.replace(
-      ema_params=optim.ema_update(state.ema_params, new_state.params, decay),
-      ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats,
-                                       decay))
-  metrics = dict(
-      loss=loss,
-      accuracy=jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-      learning_rate=learning_rate_fn(state.step),
-      grad_norm=optax.global_norm(grads),
-      param_norm=optax.global_norm(new_state.params))
-  return new_state, metrics
-
-
-def eval_step(model: models.EfficientNet, variables: Mapping[str, Any],
-              batch: Batch) -> dict[str, jax.Array]:
-  """Masked sums: top-1 and top-5 correct, loss and example count.
-
-  Takes variables rather than a TrainState so one compiled function scores
-  raw and EMA weights, and converted checkpoints that have no optimizer.
-  """
-  logits = model.apply(variables, batch['image'], train=False)
-  mask = batch['mask'].astype(jnp.float32)
-  labels = jnp.maximum(batch['label'], 0)  # Padding rows may carry -1.
-  _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
-  correct = top == labels[:, None]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return dict(top1=jnp.sum(correct[:, 0] * mask),
-              top5=jnp.sum(jnp.any(correct, axis=-1) * mask),
-              loss=jnp.sum(jnp.where(mask > 0, loss, 0.0)),
-              count=jnp.sum(mask))
-
-
 def is_time(step: int, every: int, total: int) -> bool:
   """True every `every` steps (never when 0) and on the last step."""
   return step == total or (every > 0 and step % every == 0)
@@ -177,18 +102,8 @@ def check_batch_size(batch_size: int, name: str) -> int:
   return batch_size // jax.process_count()
 
 
-def create_train_state(rng: jax.Array, *, model: models.EfficientNet,
-                       tx: optax.GradientTransformation) -> TrainState:
-  """Fresh state; EMA shadows start at the initial values (TF EMA)."""
-  variables = models.init_variables(model, rng)
-  return TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=tx,
-      batch_stats=variables['batch_stats'],
-      ema_params=variables['params'],
-      ema_batch_stats=variables['batch_stats'])
-
-
-def load_pretrained(state: TrainState, directory: str) -> TrainState:
+def load_pretrained(state: steps.TrainState,
+                    directory: str) -> steps.TrainState:
   """Starts a state from a checkpoint's (EMA) weights for fine-tuning.
 
   Every tensor must fit except the classifier, which is kept freshly
@@ -273,9 +188,9 @@ def write_metrics(writer: metric_writers.MetricWriter, workdir: str,
 
 def summarise_train_metrics(history: list[tuple[int, Any]]) -> dict[str, float]:
   """Means over the interval; raises on the first non-finite loss."""
-  steps = [step for step, _ in history]
+  logged_steps = [step for step, _ in history]
   values = jax.device_get([metrics for _, metrics in history])
-  for step, metrics in zip(steps, values):
+  for step, metrics in zip(logged_steps, values):
     if not np.isfinite(metrics['loss']):
       raise FloatingPointError(
           f'Non-finite training loss ({metrics["loss"]}) at step {step + 1}.')
@@ -329,47 +244,24 @@ def make_setup(model_config: Mapping[str, Any], num_classes: int,
 
 
 def state_layout(setup: Setup, tx: optax.GradientTransformation,
-                 init_rng: jax.Array) -> tuple[TrainState, Any]:
+                 init_rng: jax.Array) -> tuple[steps.TrainState, Any]:
   """(abstract state, its shardings): the state replicated over the mesh."""
   replicated = jax.sharding.NamedSharding(setup.mesh, P())
   abstract = jax.eval_shape(functools.partial(
-      create_train_state, model=setup.model, tx=tx), init_rng)
+      steps.create_train_state, model=setup.model, tx=tx), init_rng)
   return abstract, jax.tree.map(lambda _: replicated, abstract)
-
-
-def compile_during(lowered: jax.stages.Lowered, work: Callable[[], Any]) -> Any:
-  """Returns work(), having compiled `lowered` in a thread meanwhile.
-
-  XLA:CPU compiles a program on one core. Compiling the train step while the
-  initial state compiles and runs took B0's time to first step from 71 s to
-  61 s on 2 cores. The compiled program lands in jax's cache, so the jitted
-  function's first call reuses it; should the background compilation fail,
-  that first call compiles again and reports the error itself.
-  """
-  def compile_quietly():
-    try:
-      lowered.compile()
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning('Background compilation failed (%s); the first step '
-                      'compiles again.', e)
-
-  thread = threading.Thread(target=compile_quietly, daemon=True)
-  thread.start()
-  try:
-    return work()
-  finally:
-    thread.join()
 
 
 def initial_state(config: ml_collections.ConfigDict, setup: Setup,
                   tx: optax.GradientTransformation, init_rng: jax.Array, *,
                   mngr: ocp.CheckpointManager, start_step: int,
-                  layout: tuple[TrainState, Any]) -> TrainState:
+                  layout: tuple[steps.TrainState, Any]) -> steps.TrainState:
   """The replicated state: restored, fine-tuned from a checkpoint, or fresh.
 
   `layout` is state_layout's (abstract state, shardings).
   """
-  create = functools.partial(create_train_state, model=setup.model, tx=tx)
+  create = functools.partial(steps.create_train_state, model=setup.model,
+                             tx=tx)
   abstract, shardings = layout
   if start_step:
     target = jax.tree.map(
@@ -382,7 +274,7 @@ def initial_state(config: ml_collections.ConfigDict, setup: Setup,
   # Initialisation runs once, so compile it for compile speed (a third less
   # time for B0 on CPU), not for run speed.
   state = jax.jit(create, out_shardings=shardings).lower(init_rng).compile(
-      compiler_options=RUN_ONCE_COMPILER_OPTIONS)(init_rng)
+      compiler_options=steps.RUN_ONCE_COMPILER_OPTIONS)(init_rng)
   if config.init_checkpoint:
     state = jax.device_put(load_pretrained(state, config.init_checkpoint),
                            shardings)
@@ -439,7 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   abstract_state, state_shardings = state_layout(setup, tx, init_rng)
   data_sharding = jax.sharding.NamedSharding(setup.mesh, P('data'))
   p_train_step = jax.jit(
-      functools.partial(train_step, learning_rate_fn=learning_rate_fn,
+      functools.partial(steps.train_step, learning_rate_fn=learning_rate_fn,
                         label_smoothing=config.label_smoothing,
                         ema_decay=config.ema_decay),
       in_shardings=(state_shardings, data_sharding, replicated),
@@ -460,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     lowered = p_train_step.lower(abstract_state,
                                  shard_batch(first_batch, setup.mesh),
                                  train_rng)
-    state = compile_during(lowered, make_state)
+    state = steps.compile_during(lowered, make_state)
   meta = dict(model=config.model.to_dict(), num_classes=info.num_classes,
               padding=config.model.padding,
               mean_rgb=list(setup.pipeline_args['mean_rgb']),
@@ -479,7 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                info.num_classes, total_steps, config.batch_size,
                steps_per_epoch, jax.device_count())
 
-  p_eval_step = jax.jit(functools.partial(eval_step, setup.model),
+  p_eval_step = jax.jit(functools.partial(steps.eval_step, setup.model),
                         out_shardings=replicated)
 
   def evaluate_both(step):
@@ -538,11 +430,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
               f'step {mngr.latest_step() or "none"} in {workdir}. Lower '
               '--config.learning_rate or check the input data.') from None
         elapsed = time.perf_counter() - interval_start
-        steps = done - interval_step
+        done_steps = done - interval_step
         summary.update({
-            'perf/steps_per_sec': steps / elapsed,
-            'perf/images_per_sec': steps * config.batch_size / elapsed,
-            'perf/step_time_ms': 1000 * elapsed / steps})
+            'perf/steps_per_sec': done_steps / elapsed,
+            'perf/images_per_sec': done_steps * config.batch_size / elapsed,
+            'perf/step_time_ms': 1000 * elapsed / done_steps})
         write_metrics(writer, workdir, done, summary)
         logging.info('Step %d/%d: loss %.4f, accuracy %.4f, lr %.5f, '
                      '%.1f images/s.', done, total_steps,

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from efficientnet_jax import optim
+from efficientnet_jax import steps
 from efficientnet_jax import train_lib
 from tests import train_lib_test
 
@@ -31,12 +32,12 @@ def one_step_and_compiles(devices, batches):
   config = train_lib_test.tiny_config()
   learning_rate_fn = lambda step: 0.05
   tx = optim.create_optimizer(config, learning_rate_fn)
-  create = functools.partial(train_lib.create_train_state, model=model, tx=tx)
+  create = functools.partial(steps.create_train_state, model=model, tx=tx)
   shardings = jax.tree.map(lambda _: replicated,
                            jax.eval_shape(create, jax.random.key(0)))
   state = jax.jit(create, out_shardings=shardings)(jax.random.key(0))
   step = jax.jit(
-      functools.partial(train_lib.train_step,
+      functools.partial(steps.train_step,
                         learning_rate_fn=learning_rate_fn,
                         label_smoothing=0.1, ema_decay=0.9999),
       in_shardings=(shardings, data, replicated),

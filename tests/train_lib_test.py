@@ -26,6 +26,7 @@ from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
 from efficientnet_jax import models
 from efficientnet_jax import optim
+from efficientnet_jax import steps
 from efficientnet_jax import train_lib
 from tests import fake_pipeline
 
@@ -165,7 +166,7 @@ def test_ema_decay_warm_up():
 def make_state(model, learning_rate=0.05, **config_overrides):
   config = tiny_config(**config_overrides)
   tx = optim.create_optimizer(config, lambda step: learning_rate)
-  return train_lib.create_train_state(jax.random.key(0), model=model, tx=tx)
+  return steps.create_train_state(jax.random.key(0), model=model, tx=tx)
 
 
 def fixed_batch(batch_size=8, resolution=32):
@@ -180,7 +181,7 @@ def test_train_step_updates_ema_of_params_and_batch_stats():
   model = two_block_model()
   state = make_state(model)
   step = jax.jit(functools.partial(
-      train_lib.train_step, learning_rate_fn=lambda s: 0.05,
+      steps.train_step, learning_rate_fn=lambda s: 0.05,
       label_smoothing=0.1, ema_decay=0.9999))
   rng = jax.random.key(1)
   new_state, metrics = step(state, fixed_batch(), rng)
@@ -201,7 +202,7 @@ def test_loss_goes_down_on_a_fixed_batch():
   model = two_block_model()
   state = make_state(model, learning_rate=0.01)
   step = jax.jit(functools.partial(
-      train_lib.train_step, learning_rate_fn=lambda s: 0.01,
+      steps.train_step, learning_rate_fn=lambda s: 0.01,
       label_smoothing=0.1, ema_decay=0.9999))
   batch, rng = fixed_batch(), jax.random.key(0)
   losses = []
@@ -265,7 +266,7 @@ def test_eval_step_metric_arithmetic_on_fixed_logits():
   batch = dict(image=logits.reshape(4, 1, 1, 6),
                label=np.array([2, 4, 5, -1], np.int32),
                mask=np.array([1, 1, 1, 0], np.float32))
-  sums = train_lib.eval_step(LogitsAreImages(), {}, batch)
+  sums = steps.eval_step(LogitsAreImages(), {}, batch)
   assert float(sums['top1']) == 1.0
   assert float(sums['top5']) == 2.0
   assert float(sums['count']) == 3.0
