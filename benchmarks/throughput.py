@@ -421,8 +421,9 @@ def main() -> None:
                       help='Rounds; each runs every contender once per task.')
   parser.add_argument('--steps', type=int, default=10,
                       help='Timed steps per run.')
-  parser.add_argument('--warmup', type=int, default=2,
-                      help='Untimed steps after the first one.')
+  parser.add_argument('--warmup', type=int, default=3,
+                      help='Untimed steps after the first one (our heap '
+                      'settles over the first 2-3 executions).')
   parser.add_argument('--dtype', default='float32',
                       help="Our compute dtype: 'float32' or 'bfloat16'.")
   parser.add_argument('--peer-python',
