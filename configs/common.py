@@ -28,4 +28,6 @@ def model_config(arg: str | None) -> ml_collections.ConfigDict:
   section.padding = 'same'  # TF 'SAME'; 'symmetric' for timm's own weights.
   section.bn_group_size = ml_collections.FieldReference(None, field_type=int)
   section.depthwise_impl = 'auto'  # 'shifted' on CPU, 'grouped' elsewhere.
+  # Train: keep only conv outputs for the backward pass (models.MBConv).
+  section.recompute = True
   return section

@@ -19,7 +19,8 @@ from efficientnet_jax import models
 
 # Options of the Flax module (models.EfficientNet) that create_model accepts.
 MODULE_OPTIONS = ('dtype', 'padding', 'include_top', 'bn_group_size',
-                  'depthwise_impl', 'normalize_input', 'mean_rgb', 'std_rgb')
+                  'depthwise_impl', 'recompute', 'normalize_input', 'mean_rgb',
+                  'std_rgb')
 
 
 def create_model(variant: str, *, num_classes: int = 1000,
@@ -39,7 +40,8 @@ def create_model(variant: str, *, num_classes: int = 1000,
     **overrides: model-section fields (`phi`, `alpha`, `beta`, `gamma`,
       `depth_divisor`, `drop_path_rate`, `dropout_rate`) and module options
       (`dtype`: 'float32' or 'bfloat16', `padding`: 'same' or 'symmetric',
-      `include_top`, `bn_group_size`, `depthwise_impl`, `mean_rgb`/`std_rgb`,
+      `include_top`, `bn_group_size`, `depthwise_impl`, `recompute`,
+      `mean_rgb`/`std_rgb`,
       `normalize_input`: True to feed raw [0, 255] RGB).
 
   Returns:

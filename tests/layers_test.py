@@ -124,6 +124,25 @@ class PointwiseConvTest(absltest.TestCase):
           nn.Conv(5, use_bias=False, **options).apply(variables, x))
 
 
+class RecomputeInBackwardTest(absltest.TestCase):
+
+  def test_value_and_gradients_equal_autodiff(self):
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(keys[0], (4, 5, 6))
+    params = {'w': jax.random.normal(keys[1], (6,)),
+              'b': jax.random.normal(keys[2], (6,))}
+    grad_out = jax.random.normal(keys[3], (4, 5, 6))
+
+    def fn(x, params):
+      return jnp.tanh(x * params['w'] + params['b']) * x
+
+    out, vjp = jax.vjp(
+        lambda *args: layers.recompute_in_backward(fn, *args), x, params)
+    ref_out, ref_vjp = jax.vjp(fn, x, params)
+    assert_close(self, out, ref_out, 0, 0)
+    assert_close(self, vjp(grad_out), ref_vjp(grad_out))
+
+
 class BatchNormTest(absltest.TestCase):
 
   def setUp(self):
@@ -194,6 +213,20 @@ class BatchNormTest(absltest.TestCase):
     np.testing.assert_allclose(updates['batch_stats']['var'],
                                0.99 + 0.01 * np.mean(variances, axis=0),
                                rtol=1e-5)
+
+  def test_affine_normalises_like_the_layer(self):
+    for bn in (layers.BatchNorm(), layers.BatchNorm(group_size=2)):
+      variables = bn.init(jax.random.key(0), self.x, train=False)
+      for train in (True, False):
+        apply = functools.partial(bn.apply, variables, self.x, train=train,
+                                  mutable=['batch_stats'])
+        out, updates = apply()
+        affine, affine_updates = apply(normalize=False)
+        self.assertEqual(affine.multiplier.shape,
+                         (4 if bn.group_size and train else 1, 6))
+        assert_close(self, layers.apply_affine(self.x, affine, jnp.float32),
+                     out, 0, 0)
+        assert_close(self, affine_updates, updates, 0, 0)
 
   def test_group_size_must_divide_batch(self):
     bn = layers.BatchNorm(group_size=3)
