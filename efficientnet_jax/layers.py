@@ -139,10 +139,9 @@ def _shifted_kernel_grad(padded, grad_out, kernel, stride,
                          chunk_bytes: int = 2 << 20):
   """dk[i, j, c] = sum over pixels of tap (i, j)'s window times grad_out.
 
-  Summed in float32 over batch chunks of about `chunk_bytes` (a core's L2):
-  within a chunk XLA reads the inputs once per tap, so the chunk must stay in
-  cache for the kh*kw passes (3.4x faster than one pass per tap over the
-  whole batch for a 32x112x112x96 layer).
+  Summed in float32 over batch chunks of about `chunk_bytes` (a core's L2),
+  so that a chunk stays in cache while every tap reads it (3.4x faster than
+  one pass per tap over the whole batch for a 32x112x112x96 layer).
   """
   kh, kw = kernel.shape[:2]
   batch, out_h, out_w = grad_out.shape[:3]
@@ -154,17 +153,35 @@ def _shifted_kernel_grad(padded, grad_out, kernel, stride,
   def taps(start):
     xs = jax.lax.dynamic_slice_in_dim(padded, start, chunk)
     gs = jax.lax.dynamic_slice_in_dim(grad_out, start, chunk)
-    return jnp.stack([
-        jnp.stack([
-            jnp.sum(_window(xs, i, j, stride, out_h, out_w)
-                    .astype(jnp.float32) * gs.astype(jnp.float32),
-                    axis=(0, 1, 2))
-            for j in range(kw)]) for i in range(kh)])
+    products = tuple(_window(xs, i, j, stride, out_h, out_w)
+                     .astype(jnp.float32) * gs.astype(jnp.float32)
+                     for i in range(kh) for j in range(kw))
+    if stride == 1:
+      sums = _sum_together(products, axes=(0, 1, 2))
+    else:
+      sums = [jnp.sum(p, axis=(0, 1, 2)) for p in products]
+    return jnp.stack(sums).reshape(kh, kw, -1)
 
   total = jax.lax.fori_loop(
       0, batch // chunk, lambda n, acc: acc + taps(n * chunk),
       jnp.zeros((kh, kw, kernel.shape[-1]), jnp.float32))
   return total[:, :, None, :].astype(kernel.dtype)
+
+
+def _sum_together(arrays: Sequence[jax.Array],
+                  axes: Sequence[int]) -> Sequence[jax.Array]:
+  """jnp.sum of each array over axes, as one variadic reduction.
+
+  XLA:CPU hands separate sums to YNNPACK, each reading a materialised
+  product; one variadic reduce is a single fused loop over the shared
+  inputs. For the kernel gradient of a stride-1 depthwise layer this halves
+  the time (32x28x28x240, 5x5: 30 -> 15 ms); strided windows are faster as
+  separate sums (32x112x112x96, 3x3, stride 2: 24 vs 41 ms).
+  """
+  zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
+  return jax.lax.reduce(
+      tuple(arrays), zeros,
+      lambda acc, new: tuple(a + b for a, b in zip(acc, new)), tuple(axes))
 
 
 def depthwise_grouped(x: jax.Array, kernel: jax.Array, stride: int,
@@ -293,9 +310,12 @@ def _pointwise_bwd(precision, residuals, grad_out):
   grad_x = jax.lax.dot_general(grad_out, kernel, (((x.ndim - 1,), (1,)),
                                                   ((), ())),
                                precision=precision)
-  pixels = tuple(range(x.ndim - 1))
-  grad_kernel = jax.lax.dot_general(x, grad_out, ((pixels, pixels), ((), ())),
-                                    precision=precision)
+  # Pixels flattened to one contracting axis: contracting N, H and W as
+  # three axes, XLA:CPU copies x into a transposed layout first (B0 32x56x56
+  # x144 -> 24: 15.0 vs 8.2 ms).
+  grad_kernel = jax.lax.dot_general(
+      x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1]),
+      (((0,), (0,)), ((), ())), precision=precision)
   return grad_x, grad_kernel
 
 
