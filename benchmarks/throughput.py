@@ -124,13 +124,11 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
                         ema_decay=config.ema_decay),
       donate_argnums=0)
   data = dict(image=images, label=labels)
-  # As train_lib does: the step compiles in a thread while the state is
-  # created under jit, compiled for compile speed (eager creation would alias
-  # the EMA shadows to the parameters, and the state is donated).
-  lowered = train_step.lower(jax.eval_shape(create, keys[2]), data, keys[3])
-  holder = [steps.compile_during(
-      lowered, lambda: jax.jit(create).lower(keys[2]).compile(
-          compiler_options=steps.RUN_ONCE_COMPILER_OPTIONS)(keys[2]))]
+  # As train_lib does: the state is created under jit, compiled for compile
+  # speed (eager creation would alias the EMA shadows to the parameters, and
+  # the state is donated); the step compiles at its first call.
+  holder = [jax.jit(create).lower(keys[2]).compile(
+      compiler_options=steps.RUN_ONCE_COMPILER_OPTIONS)(keys[2])]
 
   def step():
     holder[0], metrics = train_step(holder[0], data, keys[3])

@@ -7,10 +7,8 @@ adds the data, the loop, checkpoints and metrics around them.
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from absl import logging
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -105,27 +103,3 @@ def create_train_state(rng: jax.Array, *, model: models.EfficientNet,
       batch_stats=variables['batch_stats'],
       ema_params=variables['params'],
       ema_batch_stats=variables['batch_stats'])
-
-
-def compile_during(lowered: jax.stages.Lowered, work: Callable[[], Any]) -> Any:
-  """Returns work(), having compiled `lowered` in a thread meanwhile.
-
-  XLA:CPU compiles a program on one core. Compiling the train step while the
-  initial state compiles and runs took B0's time to first step from 71 s to
-  61 s on 2 cores. The compiled program lands in jax's cache, so the jitted
-  function's first call reuses it; should the background compilation fail,
-  that first call compiles again and reports the error itself.
-  """
-  def compile_quietly():
-    try:
-      lowered.compile()
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning('Background compilation failed (%s); the first step '
-                      'compiles again.', e)
-
-  thread = threading.Thread(target=compile_quietly, daemon=True)
-  thread.start()
-  try:
-    return work()
-  finally:
-    thread.join()
