@@ -124,6 +124,27 @@ class PointwiseConvTest(absltest.TestCase):
           nn.Conv(5, use_bias=False, **options).apply(variables, x))
 
 
+  def test_few_channel_conv_as_patches_equals_flax_conv(self):
+    # The stem: 3 input channels, 3x3, stride 2, explicit 'same' pads.
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+    for pads in (((0, 1), (0, 1)), ((1, 1), (1, 1))):
+      options = dict(kernel_size=(3, 3), strides=(2, 2), padding=pads,
+                     use_bias=False)
+      ours, plain = layers.Conv(5, **options), nn.Conv(5, **options)
+      variables = ours.init(jax.random.key(1), x)
+      assert_close(self, variables, plain.init(jax.random.key(1), x), 0, 0)
+      weights = jax.random.normal(jax.random.key(2),
+                                  plain.apply(variables, x).shape)
+
+      def loss(module, v, x):
+        return jnp.sum(module.apply(v, x) * weights)
+
+      assert_close(self, ours.apply(variables, x), plain.apply(variables, x))
+      assert_close(self, jax.grad(functools.partial(loss, ours), (0, 1))(
+          variables, x), jax.grad(functools.partial(loss, plain), (0, 1))(
+              variables, x))
+
+
 class RecomputeInBackwardTest(absltest.TestCase):
 
   def test_value_and_gradients_equal_autodiff(self):
