@@ -79,8 +79,7 @@ class MBConv(nn.Module):
                   self._params_of('depthwise_conv', depthwise, x.shape[-1]))
 
     affine = self.norm(name='depthwise_bn')(x, train=train, normalize=False)
-    se = project = None
-    params = {}
+    se, params = None, {}
     if spec.se_filters:
       se = SqueezeExcite(spec.se_filters, self.act, self.dtype, parent=None)
       params['se'] = self._params_of('se', se, x.shape[-1])
@@ -107,6 +106,7 @@ class MBConv(nn.Module):
 
   def _run(self, train: bool, stage: Callable[..., jax.Array],
            *args: Any) -> jax.Array:
+    """stage(*args); in training with `recompute`, rerun in the backward."""
     if train and self.recompute:
       return layers.recompute_in_backward(stage, *args)
     return stage(*args)
