@@ -3,13 +3,17 @@
 Each exists because flax's own version misses something the reference needs:
 - `Conv`: flax's Conv with 1x1 stride-1 kernels run as one matrix product,
   which XLA:CPU executes ~4x faster than the same convolution, with a
-  hand-written gradient that keeps XLA from fusing into a slow transpose.
+  hand-written gradient that keeps XLA from fusing into a slow transpose;
+  on CPU the few-channel stem as gathered patches times a matrix.
 - `DepthwiseConv`: TF padding semantics chosen per call ('same' or timm's
   symmetric), TF's depthwise init, and a shifted multiply-add formulation for
   XLA:CPU, whose grouped convolution is ~15x slower (see `depthwise_shifted`),
   with a hand-written gradient (autodiff of the shifts runs ~5x the forward).
 - `BatchNorm`: optional per-group statistics (the official TPU recipe's
-  grouped cross-replica BN) on top of flax's parameter names and semantics.
+  grouped cross-replica BN) on top of flax's parameter names and semantics;
+  it can return its folded `Affine` instead of applying it.
+- `recompute_in_backward`: what jax.checkpoint does, in an order XLA:CPU
+  keeps (it stores a function's inputs and reruns it for the gradient).
 - `drop_path`: per-example stochastic depth on the residual branch.
 """
 
@@ -233,9 +237,8 @@ def recompute_in_backward(fn: Callable[..., jax.Array], *args: Any
   jax.checkpoint does the same, but XLA:CPU schedules its recomputation as
   soon as the stored inputs exist, at the start of the backward pass, so
   every recomputed tensor is live at once (B0 train step temporaries 2.8 ->
-  4.0 GB). Tying the stored inputs to the incoming gradient with an
-  optimization barrier holds each recomputation back until its layer's
-  backward runs.
+  4.0 GB). Making the stored inputs depend on the incoming gradient holds
+  each recomputation back until its layer's backward runs.
   """
   return fn(*args)
 
@@ -245,10 +248,11 @@ def _recompute_fwd(fn, *args):
 
 
 def _recompute_bwd(fn, args, grad_out):
-  # An optimization barrier alone does not order the schedule on XLA:CPU
-  # (its control dependencies are lost in fusion); adding 0 * one element of
-  # the gradient is a data dependence XLA keeps, since x * 0 is not 0 for
-  # inf or NaN, at the cost of a fused scalar add.
+  # An optimization barrier does not order the schedule on XLA:CPU (it is
+  # expanded before fusion); adding 0 * one element of the gradient is a data
+  # dependence XLA keeps, since x * 0 is not 0 for inf or NaN, at the cost of
+  # a fused scalar add. A non-finite gradient element there makes this
+  # stage's gradients NaN, which the loop's non-finite check reports anyway.
   anchor = jnp.ravel(grad_out)[0].astype(jnp.float32) * 0
   args = jax.tree.map(lambda a: a + anchor.astype(a.dtype), args)
   return jax.vjp(fn, *args)[1](grad_out)
