@@ -249,13 +249,20 @@ def _recompute_fwd(fn, *args):
 
 def _recompute_bwd(fn, args, grad_out):
   # An optimization barrier does not order the schedule on XLA:CPU (it is
-  # expanded before fusion); adding 0 * one element of the gradient is a data
-  # dependence XLA keeps, since x * 0 is not 0 for inf or NaN, at the cost of
-  # a fused scalar add. A non-finite gradient element there makes this
-  # stage's gradients NaN, which the loop's non-finite check reports anyway.
-  anchor = jnp.ravel(grad_out)[0].astype(jnp.float32) * 0
-  args = jax.tree.map(lambda a: a + anchor.astype(a.dtype), args)
-  return jax.vjp(fn, *args)[1](grad_out)
+  # expanded before fusion); adding 0 * the gradient's first pixel of each
+  # example to the inputs that have a batch axis is a data dependence XLA
+  # keeps, since x * 0 is not 0 for inf or NaN, at the cost of a fused add.
+  # Per example, so a batch-sharded gradient needs no communication for it.
+  # A non-finite gradient there makes that example's gradients NaN, which
+  # the loop's non-finite loss check reports a step later anyway.
+  anchor = grad_out[(slice(None),) + (slice(0, 1),) * (grad_out.ndim - 1)] * 0
+
+  def tie(a):
+    if a.ndim == anchor.ndim and a.shape[0] == anchor.shape[0]:
+      return a + anchor.astype(a.dtype)
+    return a
+
+  return jax.vjp(fn, *jax.tree.map(tie, args))[1](grad_out)
 
 
 recompute_in_backward.defvjp(_recompute_fwd, _recompute_bwd)
