@@ -50,9 +50,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
   """Scores a train.py workdir or a converted checkpoint on one split.
 
   The network is the checkpoint's recorded model section (with the config's
-  runtime fields `dtype`, `depthwise_impl` and `recompute`, and its `resolution` when set),
-  fed with the checkpoint's recorded normalisation. EMA weights are used when
-  the checkpoint has them.
+  runtime fields `dtype`, `depthwise_impl` and `recompute`, and its
+  `resolution` when set), fed with the checkpoint's recorded normalisation.
+  EMA weights are used when the checkpoint has them.
 
   Returns:
     dict(top1, top5, loss, num_examples, images_per_sec, weights, step, ...).

@@ -96,14 +96,15 @@ class DepthwiseTest(parameterized.TestCase):
 
 class PointwiseConvTest(absltest.TestCase):
 
-  def test_1x1_dot_equals_flax_conv_forward_and_gradients(self):
-    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 16))
-    ours = layers.Conv(24, (1, 1), use_bias=False)
-    plain = nn.Conv(24, (1, 1), use_bias=False)
+  def assert_equals_flax_conv(self, x, features, **options):
+    """layers.Conv against nn.Conv: parameters, forward and gradients."""
+    ours = layers.Conv(features, use_bias=False, **options)
+    plain = nn.Conv(features, use_bias=False, **options)
     variables = ours.init(jax.random.key(1), x)
     # Same parameter name, shape and initial values as flax's Conv.
     assert_close(self, variables, plain.init(jax.random.key(1), x), 0, 0)
-    weights = jax.random.normal(jax.random.key(2), (2, 6, 5, 24))
+    weights = jax.random.normal(jax.random.key(2),
+                                plain.apply(variables, x).shape)
 
     def loss(module, v, x):
       return jnp.sum(module.apply(v, x) * weights)
@@ -112,6 +113,10 @@ class PointwiseConvTest(absltest.TestCase):
     assert_close(self, jax.grad(functools.partial(loss, ours), (0, 1))(
         variables, x), jax.grad(functools.partial(loss, plain), (0, 1))(
             variables, x))
+
+  def test_1x1_dot_equals_flax_conv_forward_and_gradients(self):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 16))
+    self.assert_equals_flax_conv(x, 24, kernel_size=(1, 1))
 
   def test_other_kernels_are_flax_conv(self):
     x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
@@ -123,26 +128,13 @@ class PointwiseConvTest(absltest.TestCase):
           ours.apply(variables, x),
           nn.Conv(5, use_bias=False, **options).apply(variables, x))
 
-
   def test_few_channel_conv_as_patches_equals_flax_conv(self):
-    # The stem: 3 input channels, 3x3, stride 2, explicit 'same' pads.
+    # The stem: 3 input channels, 3x3, stride 2, explicit pads ('same' and
+    # symmetric).
     x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
     for pads in (((0, 1), (0, 1)), ((1, 1), (1, 1))):
-      options = dict(kernel_size=(3, 3), strides=(2, 2), padding=pads,
-                     use_bias=False)
-      ours, plain = layers.Conv(5, **options), nn.Conv(5, **options)
-      variables = ours.init(jax.random.key(1), x)
-      assert_close(self, variables, plain.init(jax.random.key(1), x), 0, 0)
-      weights = jax.random.normal(jax.random.key(2),
-                                  plain.apply(variables, x).shape)
-
-      def loss(module, v, x):
-        return jnp.sum(module.apply(v, x) * weights)
-
-      assert_close(self, ours.apply(variables, x), plain.apply(variables, x))
-      assert_close(self, jax.grad(functools.partial(loss, ours), (0, 1))(
-          variables, x), jax.grad(functools.partial(loss, plain), (0, 1))(
-              variables, x))
+      self.assert_equals_flax_conv(x, 5, kernel_size=(3, 3), strides=(2, 2),
+                                   padding=pads)
 
 
 class RecomputeInBackwardTest(absltest.TestCase):
