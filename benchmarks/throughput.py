@@ -103,14 +103,16 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
   images = jax.random.normal(keys[0], (batch, resolution, resolution, 3))
   labels = jax.random.randint(keys[1], (batch,), 0, 1000)
 
+  from efficientnet_jax import steps  # pylint: disable=g-import-not-at-top
   if task == 'infer':
     variables = models.init_variables(model, keys[2])
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    # As eval.py compiles its steps.
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                    compiler_options=steps.inference_compiler_options())
     return lambda: apply(variables, images).block_until_ready()
 
   import functools  # pylint: disable=g-import-not-at-top
   from efficientnet_jax import optim  # pylint: disable=g-import-not-at-top
-  from efficientnet_jax import steps  # pylint: disable=g-import-not-at-top
 
   learning_rate_fn = optim.create_learning_rate_fn(
       config, TRAIN_IMAGES / batch, batch)

@@ -85,9 +85,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
                                                 'eval_batch_size')
   replicated = jax.sharding.NamedSharding(setup.mesh, P())
   variables = jax.device_put(variables, replicated)
+  options = steps.inference_compiler_options()
   p_eval_step = jax.jit(functools.partial(steps.eval_step, setup.model),
-                        out_shardings=replicated)
-  p_predict_step = jax.jit(functools.partial(predict_step, setup.model))
+                        out_shardings=replicated, compiler_options=options)
+  p_predict_step = jax.jit(functools.partial(predict_step, setup.model),
+                           compiler_options=options)
 
   totals, rows, num_batches, start = None, [], 0, None
   eval_iter = data.create_eval_iter(config, local_batch_size=local_batch_size,

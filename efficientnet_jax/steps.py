@@ -25,6 +25,19 @@ RUN_ONCE_COMPILER_OPTIONS = dict(xla_backend_optimization_level=0,
                                  xla_llvm_disable_expensive_passes=True)
 
 
+def inference_compiler_options() -> dict[str, Any]:
+  """XLA DebugOptions for the eval and predict steps on the current backend.
+
+  On CPU, 512-bit vectors: B0 inference at batch 32, 224 px took 263-270 vs
+  293-305 ms per batch (the depthwise taps and activations are elementwise
+  loops, which LLVM vectorises 256 bits wide by default). The train step
+  gains nothing from them (1.30-1.45 s either way), so it keeps the default.
+  """
+  if jax.default_backend() == 'cpu':
+    return dict(xla_cpu_prefer_vector_width=512)
+  return {}
+
+
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus BN statistics and their EMA shadows (§5.6)."""
   batch_stats: Any

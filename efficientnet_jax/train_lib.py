@@ -365,7 +365,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                steps_per_epoch, jax.device_count())
 
   p_eval_step = jax.jit(functools.partial(steps.eval_step, setup.model),
-                        out_shardings=replicated)
+                        out_shardings=replicated,
+                        compiler_options=steps.inference_compiler_options())
 
   def evaluate_both(step):
     results = {}
