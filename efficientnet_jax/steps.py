@@ -31,7 +31,8 @@ def inference_compiler_options() -> dict[str, Any]:
   On CPU, 512-bit vectors: B0 inference at batch 32, 224 px took 263-270 vs
   293-305 ms per batch (the depthwise taps and activations are elementwise
   loops, which LLVM vectorises 256 bits wide by default). The train step
-  gains nothing from them (1.30-1.45 s either way), so it keeps the default.
+  gains nothing from them (median step 1.30 and 1.39 s by default, 1.35 and
+  1.45 s with them, in two alternating rounds), so it keeps the default.
   """
   if jax.default_backend() == 'cpu':
     return dict(xla_cpu_prefer_vector_width=512)
