@@ -77,14 +77,16 @@ def _shifted_taps(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   return out
 
 
-def _window(x: jax.Array, i: int, j: int, stride: int, out_h: int,
-            out_w: int) -> jax.Array:
-  """The (N, out_h, out_w, C) input pixels that tap (i, j) of a kernel sees."""
+def _window(x: jax.Array, i: int, j: int, stride: int | tuple[int, int],
+            out_h: int, out_w: int) -> jax.Array:
+  """The (N, out_h, out_w, C) input pixels that tap (i, j) of a kernel sees;
+  stride is one for both axes or (H, W)."""
+  sh, sw = (stride, stride) if isinstance(stride, int) else stride
   return jax.lax.slice(
       x, (0, i, j, 0),
-      (x.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1,
+      (x.shape[0], i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1,
        x.shape[3]),
-      (1, stride, stride, 1))
+      (1, sh, sw, 1))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -332,10 +334,7 @@ def _patch_windows(x: jax.Array, kernel_hw: tuple[int, int],
   x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
   out_h = (x.shape[1] - kh) // strides[0] + 1
   out_w = (x.shape[2] - kw) // strides[1] + 1
-  return [jax.lax.slice(x, (0, i, j, 0),
-                        (x.shape[0], i + strides[0] * (out_h - 1) + 1,
-                         j + strides[1] * (out_w - 1) + 1, x.shape[3]),
-                        (1, *strides, 1))
+  return [_window(x, i, j, strides, out_h, out_w)
           for i in range(kh) for j in range(kw)]
 
 

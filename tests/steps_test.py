@@ -10,9 +10,8 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from efficientnet_jax import arch
-from efficientnet_jax import models
 from efficientnet_jax import steps
+from tests import models_test
 
 
 class StepsTest(absltest.TestCase):
@@ -30,9 +29,7 @@ class StepsTest(absltest.TestCase):
   def test_inference_compiler_options_keep_the_logits(self):
     # Wider vectors may only reorder float32 sums: every block type of B0
     # (32 px) gives the default compilation's logits to float32 rounding.
-    model = models.EfficientNet(arch.spec_for('b0', resolution=32),
-                                num_classes=10)
-    variables = models.init_variables(model, jax.random.key(0))
+    model, variables = models_test.tiny_model(), models_test.tiny_variables()
     images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
 
     def logits(variables, images):
