@@ -30,4 +30,8 @@ def model_config(arg: str | None) -> ml_collections.ConfigDict:
   section.depthwise_impl = 'auto'  # 'shifted' on CPU, 'grouped' elsewhere.
   # Train: keep only conv outputs for the backward pass (models.MBConv).
   section.recompute = True
+  # Inference: run each block on batch chunks whose expanded activation takes
+  # at most this many bytes; None: 6 MB on CPU, whole batches elsewhere.
+  section.inference_chunk_bytes = ml_collections.FieldReference(
+      None, field_type=int)
   return section

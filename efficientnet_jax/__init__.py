@@ -19,8 +19,8 @@ from efficientnet_jax import models
 
 # Options of the Flax module (models.EfficientNet) that create_model accepts.
 MODULE_OPTIONS = ('dtype', 'padding', 'include_top', 'bn_group_size',
-                  'depthwise_impl', 'recompute', 'normalize_input', 'mean_rgb',
-                  'std_rgb')
+                  'depthwise_impl', 'recompute', 'inference_chunk_bytes',
+                  'normalize_input', 'mean_rgb', 'std_rgb')
 
 
 def create_model(variant: str, *, num_classes: int = 1000,
@@ -41,6 +41,7 @@ def create_model(variant: str, *, num_classes: int = 1000,
       `depth_divisor`, `drop_path_rate`, `dropout_rate`) and module options
       (`dtype`: 'float32' or 'bfloat16', `padding`: 'same' or 'symmetric',
       `include_top`, `bn_group_size`, `depthwise_impl`, `recompute`,
+      `inference_chunk_bytes`,
       `mean_rgb`/`std_rgb`,
       `normalize_input`: True to feed raw [0, 255] RGB).
 

@@ -31,7 +31,8 @@ from efficientnet_jax import train_lib
 P = jax.sharding.PartitionSpec
 # Fields of a checkpoint's model section that only change how the network is
 # computed, not what it is; eval takes them from the config, not the meta.
-RUNTIME_MODEL_FIELDS = ('dtype', 'depthwise_impl', 'recompute')
+RUNTIME_MODEL_FIELDS = ('dtype', 'depthwise_impl', 'recompute',
+                        'inference_chunk_bytes')
 
 
 def predict_step(model: models.EfficientNet, variables: Mapping[str, Any],
@@ -50,7 +51,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
   """Scores a train.py workdir or a converted checkpoint on one split.
 
   The network is the checkpoint's recorded model section (with the config's
-  runtime fields `dtype`, `depthwise_impl` and `recompute`, and its
+  runtime fields `dtype`, `depthwise_impl`, `recompute` and
+  `inference_chunk_bytes`, and its
   `resolution` when set), fed with the checkpoint's recorded normalisation.
   EMA weights are used when the checkpoint has them.
 

@@ -15,6 +15,8 @@ Each exists because flax's own version misses something the reference needs:
 - `recompute_in_backward`: what jax.checkpoint does, in an order XLA:CPU
   keeps (it stores a function's inputs and reruns it for the gradient).
 - `drop_path`: per-example stochastic depth on the residual branch.
+- `map_batch_chunks`: a function of independent examples run on chunks of
+  the batch in turn, so that each chunk's intermediates stay in cache.
 """
 
 from __future__ import annotations
@@ -165,9 +167,7 @@ def _shifted_kernel_grad(padded, grad_out, kernel, stride,
   kh, kw = kernel.shape[:2]
   batch, out_h, out_w = grad_out.shape[:3]
   per_example = (padded[0].size + grad_out[0].size) * padded.dtype.itemsize
-  chunk = max((d for d in range(1, batch + 1)
-               if batch % d == 0 and d * per_example <= chunk_bytes),
-              default=1)
+  chunk = batch_chunk(batch, per_example, chunk_bytes)
 
   def taps(start):
     xs = jax.lax.dynamic_slice_in_dim(padded, start, chunk)
@@ -185,6 +185,25 @@ def _shifted_kernel_grad(padded, grad_out, kernel, stride,
       0, batch // chunk, lambda n, acc: acc + taps(n * chunk),
       jnp.zeros((kh, kw, kernel.shape[-1]), jnp.float32))
   return total[:, :, None, :].astype(kernel.dtype)
+
+
+def batch_chunk(batch: int, per_example_bytes: int, budget_bytes: int) -> int:
+  """The largest divisor of batch whose examples take at most budget_bytes;
+  1 when even one example takes more."""
+  return max((d for d in range(1, batch + 1)
+              if batch % d == 0 and d * per_example_bytes <= budget_bytes),
+             default=1)
+
+
+def map_batch_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+                     chunk: int) -> jax.Array:
+  """fn of consecutive chunks of x's examples, one chunk after the other
+  (a loop, not a vmap), concatenated: for fn whose examples are independent."""
+  if chunk >= x.shape[0]:
+    return fn(x)
+  chunks = x.reshape(x.shape[0] // chunk, chunk, *x.shape[1:])
+  out = jax.lax.map(fn, chunks)
+  return out.reshape(x.shape[0], *out.shape[2:])
 
 
 def _sum_together(arrays: Sequence[jax.Array],

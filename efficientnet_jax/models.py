@@ -55,6 +55,12 @@ class MBConv(nn.Module):
   recomputed from those, elementwise, when the gradient reaches them
   (layers.recompute_in_backward). B0 train step at batch 32, 224 px, fp32:
   temporaries 2817 -> 1110 MiB.
+
+  In inference, with `inference_chunk_bytes`, the block runs on chunks of
+  the batch in turn, each chunk's expanded activation (mid_filters at the
+  input resolution) at most that many bytes, so that the block's
+  intermediates stay in cache from one op to the next (batch norm with
+  running statistics keeps the examples independent).
   """
   spec: arch.BlockSpec
   conv: ModuleDef
@@ -63,9 +69,18 @@ class MBConv(nn.Module):
   act: Callable[[jax.Array], jax.Array]
   dtype: Any = jnp.float32
   recompute: bool = True
+  inference_chunk_bytes: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if (self.inference_chunk_bytes and not train and
+        not self.is_initializing()):
+      expanded = (x.shape[1] * x.shape[2] * self.spec.mid_filters *
+                  jnp.dtype(self.dtype).itemsize)
+      chunk = layers.batch_chunk(x.shape[0], expanded,
+                                 self.inference_chunk_bytes)
+      if chunk < x.shape[0]:
+        return self._on_chunks(x, chunk)
     spec = self.spec
     inputs = x
     affine = None  # Without expansion the block input is already activated.
@@ -96,6 +111,13 @@ class MBConv(nn.Module):
         x = layers.drop_path(x, spec.drop_path_rate, self.make_rng('dropout'))
       x = x + inputs
     return x
+
+  def _on_chunks(self, x: jax.Array, chunk: int) -> jax.Array:
+    """The block in inference, on consecutive chunks of `chunk` examples."""
+    block = self.clone(parent=None, inference_chunk_bytes=0)
+    variables = self.variables
+    return layers.map_batch_chunks(
+        lambda xs: block.apply(variables, xs, train=False), x, chunk)
 
   def _params_of(self, name: str, module: nn.Module, channels: int) -> Any:
     """An unbound module's parameters, declared in this block under `name`:
@@ -146,6 +168,10 @@ class EfficientNet(nn.Module):
     depthwise_impl: 'auto', 'shifted' or 'grouped' (see layers.DepthwiseConv).
     recompute: in training, recompute each block's elementwise ops in the
       backward pass instead of storing them (see MBConv).
+    inference_chunk_bytes: in inference, run each block on chunks of the batch
+      whose expanded activation takes at most this many bytes (see MBConv); 0
+      runs whole batches, None picks for the backend
+      (`default_inference_chunk_bytes`).
     mean_rgb, std_rgb: the input normalisation the weights expect, on [0, 255]
       RGB; None means the variant's (spec.mean_rgb / spec.std_rgb). Converted
       checkpoints record their own (AdvProp: [-1, 1]).
@@ -161,6 +187,7 @@ class EfficientNet(nn.Module):
   bn_group_size: int | None = None
   depthwise_impl: str = 'auto'
   recompute: bool = True
+  inference_chunk_bytes: int | None = None
   mean_rgb: tuple[float, float, float] | None = None
   std_rgb: tuple[float, float, float] | None = None
   normalize_input: bool = False
@@ -198,6 +225,10 @@ class EfficientNet(nn.Module):
     norm = functools.partial(layers.BatchNorm, group_size=self.bn_group_size,
                              dtype=self.dtype)
 
+    chunk_bytes = self.inference_chunk_bytes
+    if chunk_bytes is None:
+      chunk_bytes = default_inference_chunk_bytes()
+
     x = images
     if self.normalize_input:
       mean, std = self.normalization
@@ -215,7 +246,7 @@ class EfficientNet(nn.Module):
         endpoints[f'stride_{stride}'] = x
         stride *= 2
       x = MBConv(block, conv, depthwise, norm, act, self.dtype,
-                 self.recompute, name=block.name)(x, train=train)
+                 self.recompute, chunk_bytes, name=block.name)(x, train=train)
     endpoints[f'stride_{stride}'] = x
 
     x = conv(spec.head_filters, (1, 1), name='head_conv')(x)
@@ -228,6 +259,17 @@ class EfficientNet(nn.Module):
     x = nn.Dense(self.num_classes, dtype=self.dtype,
                  kernel_init=layers.dense_kernel_init, name='classifier')(x)
     return x.astype(jnp.float32)
+
+
+def default_inference_chunk_bytes() -> int:
+  """6 MB chunks on CPU, whole batches elsewhere.
+
+  On this project's 2-core dev machine (1 MB L2 per core, 32 MB L3), B0
+  inference at batch 32, 224 px took 234 ms per batch (median of 18
+  alternating runs) with 6 MB chunks, 241 with 4 MB, 242 with 8 MB and 270
+  with whole batches. A chunk's intermediates then fit in L3 together.
+  """
+  return 6 << 20 if jax.default_backend() == 'cpu' else 0
 
 
 def check_images(images: jax.Array, *, endpoints: bool) -> None:
@@ -280,4 +322,5 @@ def from_config(model_config: Any, num_classes: int,
       bn_group_size=model_config['bn_group_size'],
       depthwise_impl=model_config['depthwise_impl'],
       recompute=model_config['recompute'],
+      inference_chunk_bytes=model_config['inference_chunk_bytes'],
       **options)

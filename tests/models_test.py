@@ -162,6 +162,19 @@ class BehaviourTest(absltest.TestCase):
     np.testing.assert_array_equal(train(0), train(0))
     self.assertGreater(float(jnp.abs(train(0) - train(1)).max()), 0)
 
+  def test_inference_on_batch_chunks_keeps_the_logits(self):
+    # 64 KB: chunks of 1, 2 and 4 of the 8 examples, and whole batches, by
+    # the blocks' expanded activations (16^2 x 32 floats is 32 KB).
+    chunked = tiny_model(inference_chunk_bytes=64 << 10)
+    images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+    loops = str(jax.make_jaxpr(functools.partial(chunked.apply, train=False))(
+        tiny_variables(), images)).count(' scan[')
+    self.assertBetween(loops, 3, len(chunked.spec.blocks) - 1)
+    np.testing.assert_allclose(
+        eval_fn(chunked)(tiny_variables(), images),
+        eval_fn(tiny_model(inference_chunk_bytes=0))(tiny_variables(), images),
+        rtol=1e-5, atol=1e-6)
+
   def test_bn_running_average_uses_tf_momentum(self):
     norm = layers.BatchNorm()
     x = jax.random.normal(jax.random.key(0), (8, 4, 4, 3)) * 2 + 5
