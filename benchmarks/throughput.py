@@ -10,6 +10,10 @@ Contenders (EfficientNet-B0 by default, --variant for others; fp32):
                 train.py runs: forward + backward in BN train mode with dropout
                 and drop-path, coupled L2, TF1-RMSProp, EMA of weights and BN
                 statistics; the state is donated); inference is jit(apply).
+  ours:F=V[+F=V] ours with config fields overridden, as in
+                `ours:model.inference_chunk_bytes=0` (several joined by '+'):
+                an A/B of our own options, alternating with the rest; not a
+                peer in the ratios.
   timm          timm efficientnet_<variant>, PyTorch eager, channels-last;
                 RMSpropTF (alpha 0.9, eps 1e-3, momentum 0.9, L2 1e-5) and
                 ModelEmaV3; drop_rate and drop_path_rate as ours.
@@ -42,6 +46,7 @@ With --json the last line printed is one JSON object with every figure.
 # This file runs under two interpreters: ours and the peers' virtualenv, which
 # has neither absl nor jax. Hence argparse, and imports inside the workers.
 import argparse
+import ast
 import json
 import os
 import resource
@@ -83,9 +88,43 @@ def time_steps(step, *, steps: int, warmup: int) -> list[float]:
 # ---------------------------------------------------------------------------
 
 
+def config_overrides(impl: str) -> dict:
+  """{'model.inference_chunk_bytes': 0} from 'ours:model.inference_chunk_
+  bytes=0'; several overrides are joined by '+'. Values are Python literals."""
+  _, _, text = impl.partition(':')
+  overrides = {}
+  for item in filter(None, text.split('+')):
+    field, sep, value = item.partition('=')
+    if not sep:
+      raise SystemExit(f'Bad override {item!r} in contender {impl!r}; write '
+                       'ours:FIELD=VALUE, e.g. ours:model.recompute=False.')
+    overrides[field] = ast.literal_eval(value)
+  return overrides
+
+
+def check_overrides(impl: str, variant: str) -> None:
+  """A one-line exit for an override the config does not take, before any
+  run starts."""
+  sys.path.insert(0, REPO_ROOT)
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  config = imagenet.get_config(variant)
+  config.lock()  # No new fields: a misspelt one is an error.
+  try:
+    config.update_from_flattened_dict(config_overrides(impl))
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    reason = str(error).strip('\'"').split(' Other fields present')[0]
+    raise SystemExit(f'Contender {impl!r}: the config does not take it '
+                     f'({reason})') from None
+
+
+def is_ours(impl: str) -> bool:
+  return impl == 'ours' or impl.startswith('ours:')
+
+
 def ours_step(task: str, variant: str, batch: int, resolution: int,
-              dtype: str):
-  """Our compiled train or inference step, as train.py/eval.py build it."""
+              dtype: str, overrides: dict):
+  """Our compiled train or inference step, as train.py/eval.py build it,
+  with the config fields in `overrides` set."""
   sys.path.insert(0, REPO_ROOT)  # Run as a script: make the package importable.
   import jax  # pylint: disable=g-import-not-at-top
   from configs import imagenet  # pylint: disable=g-import-not-at-top
@@ -98,6 +137,7 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
 
   config = imagenet.get_config(variant)
   config.model.dtype = dtype
+  config.update_from_flattened_dict(overrides)
   model = models.from_config(config.model, num_classes=1000)
   keys = jax.random.split(jax.random.key(0), 4)
   images = jax.random.normal(keys[0], (batch, resolution, resolution, 3))
@@ -219,14 +259,16 @@ def run_worker(spec: dict) -> dict:
   start = time.perf_counter()
   impl, task = spec['impl'], spec['task']
   shape = (task, spec['variant'], spec['batch'], spec['resolution'])
-  if impl == 'ours':
-    step = ours_step(*shape, dtype=spec['dtype'])
+  if is_ours(impl):
+    step = ours_step(*shape, dtype=spec['dtype'],
+                     overrides=config_overrides(impl))
   elif impl in ('timm', 'timm-compile'):
     step = timm_step(*shape, compiled=impl == 'timm-compile')
   elif impl in ('keras', 'keras-graph'):
     step = keras_step(*shape, jit_compile=impl == 'keras')
   else:
-    raise ValueError(f'Unknown contender {impl!r}; use one of {IMPLS}.')
+    raise ValueError(f'Unknown contender {impl!r}; use one of {IMPLS} or '
+                     'ours:FIELD=VALUE.')
   step()
   first_step_s = time.perf_counter() - start
   times = time_steps(step, steps=spec['steps'], warmup=spec['warmup'])
@@ -267,7 +309,8 @@ def interpreters(args: argparse.Namespace) -> dict[str, str]:
   """The interpreter each requested contender runs under, if it can run."""
   found = {}
   for impl in args.impls:
-    if impl == 'ours':
+    if is_ours(impl):
+      check_overrides(impl, args.variant)
       found[impl] = sys.executable
     elif impl in ('timm', 'timm-compile'):
       python = args.peer_python or sys.executable
@@ -278,7 +321,8 @@ def interpreters(args: argparse.Namespace) -> dict[str, str]:
       if args.variant in KERAS_NAMES and importable(python, 'keras'):
         found[impl] = python
     else:
-      raise SystemExit(f'Unknown contender {impl!r}; use some of {IMPLS}.')
+      raise SystemExit(f'Unknown contender {impl!r}; use some of {IMPLS} '
+                       'or ours:FIELD=VALUE.')
     if impl not in found:
       print(f'# {impl}: not importable, skipped', file=sys.stderr)
   return found
@@ -330,7 +374,7 @@ def summarise(results: list[dict]) -> list[dict]:
   for row in rows:
     if row['impl'] != 'ours':
       continue
-    peers = [r for r in rows if r['impl'] != 'ours' and r['img_s'] and
+    peers = [r for r in rows if not is_ours(r['impl']) and r['img_s'] and
              (r['task'], r['batch'], r['resolution'], r['variant']) ==
              (row['task'], row['batch'], row['resolution'], row['variant'])]
     if peers and row['img_s']:
@@ -413,7 +457,8 @@ def main() -> None:
   parser.add_argument('--variant', default='b0',
                       help='b0..b7 (peers exist for these).')
   parser.add_argument('--impls', default=','.join(IMPLS),
-                      help=f'Comma-separated subset of {",".join(IMPLS)}.')
+                      help=f'Comma-separated subset of {",".join(IMPLS)}, '
+                      'and ours:FIELD=VALUE[+FIELD=VALUE] variants of ours.')
   parser.add_argument('--tasks', default=','.join(DEFAULT_TASKS),
                       help='Comma-separated TASK:BATCHxRESOLUTION, TASK '
                       'train or infer.')
