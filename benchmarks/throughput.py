@@ -97,7 +97,7 @@ def config_overrides(impl: str) -> dict:
     field, sep, value = item.partition('=')
     if not sep:
       raise SystemExit(f'Bad override {item!r} in contender {impl!r}; write '
-                       'ours:FIELD=VALUE, e.g. ours:model.recompute=False.')
+                       "ours:FIELD=VALUE, e.g. ours:model.recompute='none'.")
     overrides[field] = ast.literal_eval(value)
   return overrides
 

@@ -28,8 +28,9 @@ def model_config(arg: str | None) -> ml_collections.ConfigDict:
   section.padding = 'same'  # TF 'SAME'; 'symmetric' for timm's own weights.
   section.bn_group_size = ml_collections.FieldReference(None, field_type=int)
   section.depthwise_impl = 'auto'  # 'shifted' on CPU, 'grouped' elsewhere.
-  # Train: keep only conv outputs for the backward pass (models.MBConv).
-  section.recompute = True
+  # Train: which activations the backward pass recomputes instead of keeping:
+  # 'all' (least memory), 'project' or 'none' (fastest); see models.MBConv.
+  section.recompute = 'project'
   # Inference: run each block on batch chunks whose expanded activation takes
   # at most this many bytes; None: 6 MB on CPU, whole batches elsewhere.
   section.inference_chunk_bytes = ml_collections.FieldReference(

@@ -258,11 +258,13 @@ def train_loss_grad(model):
   return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 
-class RecomputeTest(absltest.TestCase):
+class RecomputeTest(parameterized.TestCase):
   """MBConv's recompute-in-backward against storing every activation."""
 
-  def test_same_loss_statistics_and_gradients(self):
-    ours, plain = four_block_model(), four_block_model(recompute=False)
+  @parameterized.parameters('all', 'project')
+  def test_same_loss_statistics_and_gradients(self, policy):
+    ours, plain = four_block_model(recompute=policy), four_block_model(
+        recompute='none')
     variables = models.init_variables(ours, jax.random.key(0))
     self.assertEqual(jax.tree.structure(variables),
                      jax.tree.structure(models.init_variables(
@@ -298,8 +300,12 @@ class RecomputeTest(absltest.TestCase):
           abstract['params'], abstract['batch_stats'], images).compile()
       return compiled.memory_analysis().temp_size_in_bytes
 
-    self.assertLess(temp_bytes(four_block_model()),
-                    0.6 * temp_bytes(four_block_model(recompute=False)))
+    self.assertLess(temp_bytes(four_block_model(recompute='all')),
+                    0.6 * temp_bytes(four_block_model(recompute='none')))
+
+  def test_unknown_policy(self):
+    with self.assertRaisesRegex(ValueError, "Unknown recompute policy 'some'"):
+      models.abstract_variables(four_block_model(recompute='some'))
 
 
 class ApiTest(absltest.TestCase):
