@@ -347,6 +347,6 @@ def from_config(model_config: Any, num_classes: int,
       padding=model_config['padding'],
       bn_group_size=model_config['bn_group_size'],
       depthwise_impl=model_config['depthwise_impl'],
-      recompute=model_config['recompute'],
+      recompute=recompute_policy(model_config['recompute']),
       inference_chunk_bytes=model_config['inference_chunk_bytes'],
       **options)

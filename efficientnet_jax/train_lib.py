@@ -231,11 +231,14 @@ class Setup:
 
 def make_setup(model_config: Mapping[str, Any], num_classes: int,
                meta: Mapping[str, Any] | None) -> Setup:
-  spec = arch.resolve(model_config)
+  try:
+    spec = arch.resolve(model_config)
+    model = models.from_config(model_config, num_classes)
+  except ValueError as error:  # An unknown variant, policy, padding...
+    raise ConfigError(f'config.model: {error}') from None
   mean_rgb, std_rgb = normalisation(spec, meta)
   return Setup(
-      mesh=create_mesh(), spec=spec,
-      model=models.from_config(model_config, num_classes),
+      mesh=create_mesh(), spec=spec, model=model,
       num_classes=num_classes,
       pipeline_args=dict(resolution=spec.resolution,
                          resize_method=spec.resize_method,

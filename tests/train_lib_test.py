@@ -321,6 +321,18 @@ def test_batch_size_must_divide_over_devices(monkeypatch):
   assert train_lib.check_batch_size(16, 'batch_size') == 16
 
 
+def test_bad_model_config_is_a_config_error():
+  config = imagenet.get_config('b0').model
+  config.recompute = 'False'  # What --config.model.recompute=False sets.
+  with pytest.raises(train_lib.ConfigError,
+                     match=r"config.model: Unknown recompute policy 'False'"):
+    train_lib.make_setup(config, 1000, None)
+  config.recompute, config.variant = 'project', 'b99'
+  with pytest.raises(train_lib.ConfigError,
+                     match=r"config.model: Unknown EfficientNet variant 'b99'"):
+    train_lib.make_setup(config, 1000, None)
+
+
 def test_eight_devices_equal_one_device_with_one_compile():
   """One step on 8 (fake CPU) devices = one step on 1, BN statistics included."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
