@@ -102,16 +102,27 @@ def config_overrides(impl: str) -> dict:
   return overrides
 
 
-def check_overrides(impl: str, variant: str) -> None:
-  """A one-line exit for an override the config does not take, before any
-  run starts."""
+def our_config(variant: str, dtype: str, overrides: dict):
+  """The ImageNet config our runs use, with `overrides` set; locked, so a
+  misspelt field is an error instead of a new one."""
   sys.path.insert(0, REPO_ROOT)
   from configs import imagenet  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config(variant)
-  config.lock()  # No new fields: a misspelt one is an error.
+  config.model.dtype = dtype
+  config.lock()
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def check_overrides(impl: str, variant: str) -> None:
+  """A one-line exit for an override the config does not take, before any
+  run starts."""
   try:
-    config.update_from_flattened_dict(config_overrides(impl))
-  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    config = our_config(variant, 'float32', config_overrides(impl))
+    from efficientnet_jax import models  # pylint: disable=g-import-not-at-top
+    models.from_config(config.model, num_classes=1000)  # Builds no arrays.
+  except (AttributeError, KeyError, SyntaxError, TypeError,
+          ValueError) as error:
     reason = str(error).strip('\'"').split(' Other fields present')[0]
     raise SystemExit(f'Contender {impl!r}: the config does not take it '
                      f'({reason})') from None
@@ -127,7 +138,6 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
   with the config fields in `overrides` set."""
   sys.path.insert(0, REPO_ROOT)  # Run as a script: make the package importable.
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import imagenet  # pylint: disable=g-import-not-at-top
   from efficientnet_jax import host_memory  # pylint: disable=g-import-not-at-top
   from efficientnet_jax import models  # pylint: disable=g-import-not-at-top
 
@@ -135,9 +145,7 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
   host_memory.reuse_execution_memory()
   host_memory.release_after_each_compile()
 
-  config = imagenet.get_config(variant)
-  config.model.dtype = dtype
-  config.update_from_flattened_dict(overrides)
+  config = our_config(variant, dtype, overrides)
   model = models.from_config(config.model, num_classes=1000)
   keys = jax.random.split(jax.random.key(0), 4)
   images = jax.random.normal(keys[0], (batch, resolution, resolution, 3))

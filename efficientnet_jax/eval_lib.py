@@ -52,9 +52,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
 
   The network is the checkpoint's recorded model section (with the config's
   runtime fields `dtype`, `depthwise_impl`, `recompute` and
-  `inference_chunk_bytes`, and its
-  `resolution` when set), fed with the checkpoint's recorded normalisation.
-  EMA weights are used when the checkpoint has them.
+  `inference_chunk_bytes`, and its `resolution` when set), fed with the
+  checkpoint's recorded normalisation. EMA weights are used when the
+  checkpoint has them.
 
   Returns:
     dict(top1, top5, loss, num_examples, images_per_sec, weights, step, ...).

@@ -374,9 +374,8 @@ def patches_dot(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   windows: one elementwise loop that fuses with the batch norm after it.
   YNNPACK's matrix product over the 27 patch values of B0's stem took 21 ms
   alone at batch 32 (38 ms, 18 GFLOP/s, inside the model), these 9 ms
-  alone. The kernel gradient contracts the
-  patches and the output gradient over one flattened pixel axis (22 vs 24 ms
-  for the conv's).
+  alone. The kernel gradient contracts the patches and the output gradient
+  over one flattened pixel axis (22 vs 24 ms for the conv's).
   """
   del precision  # Summed in float32, as a product's accumulator would be.
   windows = _patch_windows(x.astype(jnp.float32), kernel.shape[:2], strides,
