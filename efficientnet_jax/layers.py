@@ -127,51 +127,124 @@ def _padded(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
 
 
 def _shifted_fwd(x, kernel, stride, pads):
-  return depthwise_shifted(x, kernel, stride, pads), (x, kernel)
+  # The padded input the forward writes anyway is the residual: keeping x
+  # instead would write x once more in the forward and pad it again in the
+  # backward.
+  padded = _padded(x, pads)
+  return _shifted_taps(padded, kernel, stride), (padded, kernel)
 
 
 def _shifted_bwd(stride, pads, residuals, grad_out):
-  x, kernel = residuals
-  padded = _padded(x, pads)
-  return (_shifted_input_grad(grad_out, kernel, stride, pads, x.shape),
-          _shifted_kernel_grad(padded, grad_out, kernel, stride))
+  padded, kernel = residuals
+  x_hw = tuple(size - before - after
+               for size, (before, after) in zip(padded.shape[1:3], pads))
+  plans = [_phase_plan(size, k, stride, before, out)
+           for size, k, (before, _), out in zip(
+               x_hw, kernel.shape[:2], pads, grad_out.shape[1:3])]
+  # Behind a barrier for the reason _padded gives: without it the taps that
+  # miss the padding read grad_out itself, which then has two consumers and
+  # is written out once more before the pad instead of fused into it.
+  grad_padded = jax.lax.optimization_barrier(jnp.pad(
+      grad_out, [(0, 0), *((plan.lo, plan.hi) for plan in plans), (0, 0)]))
+  return (_phase_input_grad(grad_padded, kernel, stride, plans, x_hw),
+          _shifted_kernel_grad(padded, grad_padded, kernel, stride,
+                               grad_corner=(plans[0].lo, plans[1].lo)))
 
 
 depthwise_shifted.defvjp(_shifted_fwd, _shifted_bwd)
 
 
-def _shifted_input_grad(grad_out, kernel, stride, pads, x_shape):
-  """dx: the output gradient, dilated by the stride, correlated with the
-  flipped kernel; the padding is chosen so only the unpadded input's pixels
-  are computed. One fused loop, like the forward (autodiff instead pads each
-  of the kh*kw tap gradients to full size and adds them)."""
-  kh, kw = kernel.shape[:2]
-  edges = []
-  for size, k, (before, _), out in zip(x_shape[1:3], (kh, kw), pads,
-                                       grad_out.shape[1:3]):
-    dilated = (out - 1) * stride + 1
-    edges.append((k - 1 - before, size + before - dilated, stride - 1))
-  zero = jnp.zeros((), grad_out.dtype)
-  spread = jax.lax.pad(grad_out, zero, [(0, 0, 0), *edges, (0, 0, 0)])
-  return _shifted_taps(spread, kernel[::-1, ::-1], 1)
+class _PhasePlan(NamedTuple):
+  """How one spatial axis of a depthwise conv's input gradient splits into
+  `stride` phases, phase r holding x's pixels stride * t + r (t < rows).
+
+  Phase r gets the output gradient through kernel taps first + stride * j
+  for j < count, at output rows t + shift - j; lo and hi pad the output
+  gradient so that those rows exist for every phase.
+  """
+  phases: tuple[tuple[int, int, int], ...]  # (first, shift, count) per r.
+  rows: int
+  lo: int
+  hi: int
+
+
+def _phase_plan(size: int, kernel_size: int, stride: int, before: int,
+                out: int) -> _PhasePlan:
+  # x pixel m = stride * t + r sits under output row i at tap k where
+  # stride * i + k = m + before.
+  phases = tuple(((r + before) % stride, (r + before) // stride,
+                  len(range((r + before) % stride, kernel_size, stride)))
+                 for r in range(stride))
+  rows = -(-size // stride)
+  lo = max(max(count - 1 - shift, 0) for _, shift, count in phases)
+  hi = max(max(rows - 1 + shift - (out - 1), 0) for _, shift, _ in phases)
+  return _PhasePlan(phases, rows, lo, hi)
+
+
+def _phase_input_grad(grad_padded, kernel, stride, plans, x_hw):
+  """dx from the padded output gradient, one phase of x's pixels at a time.
+
+  Each x pixel of phase (r, c) receives the output gradient through only
+  the kernel taps congruent to it modulo the stride, so each phase is a
+  small stride-1 correlation and the phases interleave into dx. Correlating
+  the stride-dilated gradient with the whole flipped kernel instead spends
+  (stride^2 - 1)/stride^2 of its multiply-adds on the dilation's zeros and
+  writes the dilated gradient out first: B0's 32x56x56x144 5x5 stride-2
+  layer, with the activation's gradient after it, 22.4 -> 11.8 ms. At stride
+  1 there is one phase, the plain correlation with the flipped kernel.
+  """
+  plan_h, plan_w = plans
+  phase_rows = []
+  for first_h, shift_h, count_h in plan_h.phases:
+    phase_row = []
+    for first_w, shift_w, count_w in plan_w.phases:
+      out = None
+      for j in range(count_h):
+        for k in range(count_w):
+          top, left = shift_h - j + plan_h.lo, shift_w - k + plan_w.lo
+          window = jax.lax.slice(
+              grad_padded, (0, top, left, 0),
+              (grad_padded.shape[0], top + plan_h.rows, left + plan_w.rows,
+               grad_padded.shape[3]))
+          term = window * kernel[first_h + stride * j, first_w + stride * k, 0]
+          out = term if out is None else out + term
+      phase_row.append(out)
+    phase_rows.append(phase_row)
+  if stride == 1:
+    return phase_rows[0][0]
+  # (N, rows, stride, cols, stride, C) in row-major order is dx's layout.
+  interleaved = jnp.stack([jnp.stack(row, axis=3) for row in phase_rows],
+                          axis=2)
+  batch, channels = grad_padded.shape[0], grad_padded.shape[3]
+  dx = interleaved.reshape(batch, plan_h.rows * stride, plan_w.rows * stride,
+                           channels)
+  return dx[:, :x_hw[0], :x_hw[1]]
 
 
 def _shifted_kernel_grad(padded, grad_out, kernel, stride,
-                         chunk_bytes: int = 2 << 20):
+                         chunk_bytes: int = 2 << 20,
+                         grad_corner: tuple[int, int] = (0, 0)):
   """dk[i, j, c] = sum over pixels of tap (i, j)'s window times grad_out.
 
+  grad_out may be an array that holds the output gradient from grad_corner
+  (H, W) on, such as the padded one the input gradient reads, so that the
+  output gradient need not exist unpadded as well.
   Summed in float32 over batch chunks of about `chunk_bytes` (a core's L2),
   so that a chunk stays in cache while every tap reads it (3.4x faster than
   one pass per tap over the whole batch for a 32x112x112x96 layer).
   """
   kh, kw = kernel.shape[:2]
-  batch, out_h, out_w = grad_out.shape[:3]
-  per_example = (padded[0].size + grad_out[0].size) * padded.dtype.itemsize
+  batch, _, _, channels = padded.shape
+  out_h = (padded.shape[1] - kh) // stride + 1
+  out_w = (padded.shape[2] - kw) // stride + 1
+  per_example = ((padded[0].size + out_h * out_w * channels) *
+                 padded.dtype.itemsize)
   chunk = batch_chunk(batch, per_example, chunk_bytes)
 
   def taps(start):
     xs = jax.lax.dynamic_slice_in_dim(padded, start, chunk)
-    gs = jax.lax.dynamic_slice_in_dim(grad_out, start, chunk)
+    gs = jax.lax.dynamic_slice(grad_out, (start, *grad_corner, 0),
+                               (chunk, out_h, out_w, channels))
     products = tuple(_window(xs, i, j, stride, out_h, out_w)
                      .astype(jnp.float32) * gs.astype(jnp.float32)
                      for i in range(kh) for j in range(kw))

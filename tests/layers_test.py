@@ -32,7 +32,7 @@ def assert_close(testcase, actual, expected, rtol=RTOL, atol=ATOL):
 
 def depthwise_cases():
   for kernel in (3, 5):
-    for stride in (1, 2):
+    for stride in (1, 2, 3):  # 3: the input gradient's phases beyond two.
       for padding in ('same', 'symmetric'):
         for size in (8, 9):
           yield (f'k{kernel}_s{stride}_{padding}_{size}px', kernel, stride,
