@@ -627,7 +627,38 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
   return jnp.where(mask, x / keep_prob, jnp.zeros_like(x))
 
 
+@jax.custom_vjp
+def swish(x: jax.Array) -> jax.Array:
+  """x * sigmoid(x) (nn.swish), keeping only x for the backward pass.
+
+  Autodiff of nn.swish keeps sigmoid(x) as well, so the forward writes it
+  out as a second tensor the size of x; here the backward recomputes the
+  derivative inside the loop that applies the gradient (x itself is usually
+  a batch-norm affine of a kept conv output, which XLA recomputes there too).
+  """
+  return nn.swish(x)
+
+
+def _swish_fwd(x):
+  return nn.swish(x), x
+
+
+def _swish_bwd(x, grad_out):
+  # swish'(x) = sigmoid(x) (1 + x (1 - sigmoid(x))), written through e^x
+  # rather than sigmoid(x): XLA would merge an equal sigmoid(x) with the
+  # forward's and keep that alive until here, which is what this avoids.
+  # Clipped so that e^x and (1 + e^x)^2 stay finite; beyond the clip the
+  # derivative is 1 (or 0) to float32 precision.
+  clipped = jnp.clip(x.astype(jnp.float32), -80.0, 40.0)
+  e = jnp.exp(clipped)
+  derivative = e * (1 + e + clipped) / jnp.square(1 + e)
+  return ((grad_out * derivative).astype(grad_out.dtype),)
+
+
+swish.defvjp(_swish_fwd, _swish_bwd)
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'swish': nn.swish,
+    'swish': swish,
     'relu6': nn.relu6,
 }

@@ -156,6 +156,28 @@ class RecomputeInBackwardTest(absltest.TestCase):
     assert_close(self, vjp(grad_out), ref_vjp(grad_out))
 
 
+class SwishTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(('float32', jnp.float32, 1e-6),
+                                  ('bfloat16', jnp.bfloat16, 8e-3))
+  def test_equals_autodiff_of_nn_swish(self, dtype, rtol):
+    # Far into both tails too, where the hand-written derivative is clipped.
+    x = jnp.concatenate([jnp.linspace(-8, 8, 1001),
+                         jnp.array([-1e4, -200, -90, -30, 30, 50, 200, 1e4])
+                         ]).astype(dtype)
+    weights = jax.random.normal(jax.random.key(0), x.shape, dtype)
+    grad = lambda fn, x, w: jax.grad(lambda x: jnp.sum(fn(x) * w))(x)
+    np.testing.assert_array_equal(layers.swish(x), nn.swish(x))
+    # The reference in float32 on the same inputs: ours computes the
+    # derivative in float32 and rounds once, autodiff in bfloat16 rounds
+    # at every step.
+    expected = grad(nn.swish, x.astype(jnp.float32),
+                    weights.astype(jnp.float32))
+    np.testing.assert_allclose(
+        np.asarray(grad(layers.swish, x, weights), np.float32), expected,
+        rtol=rtol, atol=1e-6)
+
+
 class BatchNormTest(absltest.TestCase):
 
   def setUp(self):
@@ -226,6 +248,32 @@ class BatchNormTest(absltest.TestCase):
     np.testing.assert_allclose(updates['batch_stats']['var'],
                                0.99 + 0.01 * np.mean(variances, axis=0),
                                rtol=1e-5)
+
+  def test_grouped_gradients_equal_plain_formulation(self):
+    # Per group, against autodiff of plain jnp statistics.
+    bn = layers.BatchNorm(group_size=2)
+    variables = bn.init(jax.random.key(0), self.x, train=False)
+    params = jax.tree.map(
+        lambda v: v + 0.1 * jax.random.normal(jax.random.key(3), v.shape),
+        variables['params'])
+    weights = jax.random.normal(jax.random.key(2), self.x.shape)
+
+    def ours(params, x):
+      out, _ = bn.apply({'params': params,
+                         'batch_stats': variables['batch_stats']}, x,
+                        train=True, mutable=['batch_stats'])
+      return jnp.sum(out * weights)
+
+    def plain(params, x):
+      groups = x.reshape(4, 2, *x.shape[1:])
+      mean = jnp.mean(groups, axis=(1, 2, 3), keepdims=True)
+      var = jnp.var(groups, axis=(1, 2, 3), keepdims=True)
+      out = ((groups - mean) * jax.lax.rsqrt(var + 1e-3) * params['scale'] +
+             params['bias'])
+      return jnp.sum(out.reshape(x.shape) * weights)
+
+    assert_close(self, jax.grad(ours, (0, 1))(params, self.x),
+                 jax.grad(plain, (0, 1))(params, self.x), atol=1e-4)
 
   def test_affine_normalises_like_the_layer(self):
     for bn in (layers.BatchNorm(), layers.BatchNorm(group_size=2)):
