@@ -1,4 +1,4 @@
-"""Layers EfficientNet needs beyond flax.linen: depthwise conv, grouped BN, drop-path.
+"""The layers EfficientNet needs beyond what flax.linen gives.
 
 Each exists because flax's own version misses something the reference needs:
 - `Conv`: flax's Conv with 1x1 stride-1 kernels run as one matrix product,
@@ -15,6 +15,8 @@ Each exists because flax's own version misses something the reference needs:
 - `recompute_in_backward`: what jax.checkpoint does, in an order XLA:CPU
   keeps (it stores a function's inputs and reruns it for the gradient).
 - `drop_path`: per-example stochastic depth on the residual branch.
+- `swish`: nn.swish with a gradient that keeps only its input, so the
+  forward does not write sigmoid(x) out for the backward.
 - `map_batch_chunks`: a function of independent examples run on chunks of
   the batch in turn, so that each chunk's intermediates stay in cache.
 """
