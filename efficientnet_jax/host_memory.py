@@ -9,12 +9,12 @@ jax exposes the compile event and the dispatch switch, glibc the calls.
   process's peak from 5.7 GB to 4.6 GB (`release_after_each_compile`).
 - Every execution allocates its temporaries afresh (2.8 GB then, for B0 at
   32x224 without recomputation; 1.1 GB recomputing all of MBConv's
-  activations, about 2 GB with the default 'project' policy). From the
-  asynchronous dispatcher's worker thread glibc serves that from a new mmap and
-  unmaps it on free, so each step faulted in 720,000 zeroed pages: 1.3 s of
-  kernel time in a 2.4 s step. Executed on the calling thread, from glibc's
-  main heap with mmap and trimming off, the pages stay mapped for the next
-  step: 1.5 s, the same peak (`reuse_execution_memory`).
+  activations; 1.5 GB with the default 'project' policy and layers.swish).
+  From the asynchronous dispatcher's worker thread glibc serves that from a
+  new mmap and unmaps it on free, so each step faulted in 720,000 zeroed
+  pages: 1.3 s of kernel time in a 2.4 s step. Executed on the calling
+  thread, from glibc's main heap with mmap and trimming off, the pages stay
+  mapped for the next step: 1.5 s, the same peak (`reuse_execution_memory`).
 """
 
 from __future__ import annotations

@@ -196,28 +196,26 @@ def _phase_input_grad(grad_padded, kernel, stride, plans, x_hw):
   1 there is one phase, the plain correlation with the flipped kernel.
   """
   plan_h, plan_w = plans
+  batch, channels = grad_padded.shape[0], grad_padded.shape[3]
   phase_rows = []
   for first_h, shift_h, count_h in plan_h.phases:
     phase_row = []
     for first_w, shift_w, count_w in plan_w.phases:
-      out = None
-      for j in range(count_h):
-        for k in range(count_w):
-          top, left = shift_h - j + plan_h.lo, shift_w - k + plan_w.lo
-          window = jax.lax.slice(
-              grad_padded, (0, top, left, 0),
-              (grad_padded.shape[0], top + plan_h.rows, left + plan_w.rows,
-               grad_padded.shape[3]))
-          term = window * kernel[first_h + stride * j, first_w + stride * k, 0]
-          out = term if out is None else out + term
-      phase_row.append(out)
+      # The phase's taps, reversed, over the gradient rows they reach.
+      top = shift_h - (count_h - 1) + plan_h.lo
+      left = shift_w - (count_w - 1) + plan_w.lo
+      region = jax.lax.slice(
+          grad_padded, (0, top, left, 0),
+          (batch, top + plan_h.rows + count_h - 1,
+           left + plan_w.rows + count_w - 1, channels))
+      taps = kernel[first_h::stride, first_w::stride][::-1, ::-1]
+      phase_row.append(_shifted_taps(region, taps, 1))
     phase_rows.append(phase_row)
   if stride == 1:
     return phase_rows[0][0]
   # (N, rows, stride, cols, stride, C) in row-major order is dx's layout.
   interleaved = jnp.stack([jnp.stack(row, axis=3) for row in phase_rows],
                           axis=2)
-  batch, channels = grad_padded.shape[0], grad_padded.shape[3]
   dx = interleaved.reshape(batch, plan_h.rows * stride, plan_w.rows * stride,
                            channels)
   return dx[:, :x_hw[0], :x_hw[1]]

@@ -61,8 +61,9 @@ class MBConv(nn.Module):
   - 'none': autodiff keeps everything.
   B0 train step at batch 32, 224 px, fp32 (benchmarks/throughput.py, medians
   of 2 alternating rounds, with a per-stage switch before it became this
-  option): 21.0, 25.1 and 26.4 img/s, peak RSS 2011, 2847 and 3651 MiB. Recomputing the depthwise stage alone (23.9 img/s, 2743 MiB)
-  costs more time than the projection stage for little memory.
+  option and before layers.swish): 21.0, 25.1 and 26.4 img/s, peak RSS 2011,
+  2847 and 3651 MiB. Recomputing the depthwise stage alone (23.9 img/s,
+  2743 MiB) costs more time than the projection stage for little memory.
 
   In inference, with `inference_chunk_bytes`, the block runs on chunks of
   the batch in turn, each chunk's expanded activation (mid_filters at the
