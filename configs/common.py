@@ -31,6 +31,9 @@ def model_config(arg: str | None) -> ml_collections.ConfigDict:
   # Train: which activations the backward pass recomputes instead of keeping:
   # 'all' (least memory), 'project' or 'none' (fastest); see models.MBConv.
   section.recompute = 'project'
+  # ...and only the stages whose input takes at least this many bytes per
+  # example; 0 recomputes every stage the policy names.
+  section.recompute_min_bytes = 1 << 20
   # Inference: run each block on batch chunks whose expanded activation takes
   # at most this many bytes; None: 6 MB on CPU, whole batches elsewhere.
   section.inference_chunk_bytes = ml_collections.FieldReference(

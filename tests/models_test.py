@@ -258,13 +258,28 @@ def train_loss_grad(model):
   return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 
+# Between the projection inputs per example of four_block_model's blocks
+# (float32): 32x32x32 and 16x16x144 are recomputed, 16x16x96 and 8x8x144 not.
+SMALL_BLOCKS_BYTES = 100_000
+
+
+def train_temp_bytes(model):
+  """XLA's temporaries for train_loss_grad on a batch of eight 64 px images."""
+  abstract = models.abstract_variables(model)
+  images = jax.ShapeDtypeStruct((8, 64, 64, 3), jnp.float32)
+  compiled = train_loss_grad(model).lower(
+      abstract['params'], abstract['batch_stats'], images).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
 class RecomputeTest(parameterized.TestCase):
   """MBConv's recompute-in-backward against storing every activation."""
 
-  @parameterized.parameters('all', 'project')
-  def test_same_loss_statistics_and_gradients(self, policy):
-    ours, plain = four_block_model(recompute=policy), four_block_model(
-        recompute='none')
+  @parameterized.parameters(('all', 0), ('project', 0),
+                            ('project', SMALL_BLOCKS_BYTES))
+  def test_same_loss_statistics_and_gradients(self, policy, min_bytes):
+    ours = four_block_model(recompute=policy, recompute_min_bytes=min_bytes)
+    plain = four_block_model(recompute='none')
     variables = models.init_variables(ours, jax.random.key(0))
     self.assertEqual(jax.tree.structure(variables),
                      jax.tree.structure(models.init_variables(
@@ -293,15 +308,22 @@ class RecomputeTest(parameterized.TestCase):
     # hoisted to the start of the backward pass (as XLA:CPU schedules
     # jax.checkpoint) every recomputed map would be live at once and the
     # temporaries would exceed storing them (measured 50 -> 24 MB here).
-    def temp_bytes(model):
-      abstract = models.abstract_variables(model)
-      images = jax.ShapeDtypeStruct((8, 64, 64, 3), jnp.float32)
-      compiled = train_loss_grad(model).lower(
-          abstract['params'], abstract['batch_stats'], images).compile()
-      return compiled.memory_analysis().temp_size_in_bytes
+    self.assertLess(
+        train_temp_bytes(four_block_model(recompute='all',
+                                          recompute_min_bytes=0)),
+        0.6 * train_temp_bytes(four_block_model(recompute='none')))
 
-    self.assertLess(temp_bytes(four_block_model(recompute='all')),
-                    0.6 * temp_bytes(four_block_model(recompute='none')))
+  def test_only_stages_of_min_bytes_are_recomputed(self):
+    def temps(min_bytes):
+      return train_temp_bytes(four_block_model(
+          recompute='project', recompute_min_bytes=min_bytes))
+
+    every, some = temps(0), temps(SMALL_BLOCKS_BYTES)
+    self.assertLess(every, some)
+    self.assertLess(some, train_temp_bytes(four_block_model(recompute='none')))
+    # Above the largest projection input (16 px x 144 channels) nothing is.
+    self.assertEqual(temps(16 * 16 * 144 * 4 + 1),
+                     train_temp_bytes(four_block_model(recompute='none')))
 
   def test_unknown_policy(self):
     with self.assertRaisesRegex(ValueError, "Unknown recompute policy 'some'"):
