@@ -156,7 +156,7 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
     variables = models.init_variables(model, keys[2])
     # As eval.py compiles its steps.
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False),
-                    compiler_options=steps.inference_compiler_options())
+                    compiler_options=steps.step_compiler_options())
     return lambda: apply(variables, images).block_until_ready()
 
   import functools  # pylint: disable=g-import-not-at-top
@@ -172,7 +172,7 @@ def ours_step(task: str, variant: str, batch: int, resolution: int,
                         learning_rate_fn=learning_rate_fn,
                         label_smoothing=config.label_smoothing,
                         ema_decay=config.ema_decay),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=steps.step_compiler_options())
   data = dict(image=images, label=labels)
   # As train_lib does: the state is created under jit, compiled for compile
   # speed (eager creation would alias the EMA shadows to the parameters, and

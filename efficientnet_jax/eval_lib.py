@@ -87,7 +87,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
                                                 'eval_batch_size')
   replicated = jax.sharding.NamedSharding(setup.mesh, P())
   variables = jax.device_put(variables, replicated)
-  options = steps.inference_compiler_options()
+  options = steps.step_compiler_options()
   p_eval_step = jax.jit(functools.partial(steps.eval_step, setup.model),
                         out_shardings=replicated, compiler_options=options)
   p_predict_step = jax.jit(functools.partial(predict_step, setup.model),

@@ -338,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         ema_decay=config.ema_decay),
       in_shardings=(state_shardings, data_sharding, replicated),
       out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=steps.step_compiler_options())
   train_iter = data.create_train_iter(
       config, local_batch_size=local_batch_size, start_step=start_step,
       **setup.pipeline_args)
@@ -369,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   p_eval_step = jax.jit(functools.partial(steps.eval_step, setup.model),
                         out_shardings=replicated,
-                        compiler_options=steps.inference_compiler_options())
+                        compiler_options=steps.step_compiler_options())
 
   def evaluate_both(step):
     results = {}
