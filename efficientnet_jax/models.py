@@ -9,6 +9,7 @@ official TF, Keras and timm checkpoints onto them.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -151,7 +152,7 @@ class MBConv(nn.Module):
   def _recomputes(self, policies: tuple[str, ...], x: jax.Array) -> bool:
     """Whether the stage taking x is recomputed: the policy is one of
     `policies` and an example's x takes at least recompute_min_bytes."""
-    example_bytes = x[0].size * x.dtype.itemsize
+    example_bytes = math.prod(x.shape[1:]) * x.dtype.itemsize
     return (self.recompute in policies and
             example_bytes >= self.recompute_min_bytes)
 
