@@ -318,12 +318,12 @@ class RecomputeTest(parameterized.TestCase):
       return train_temp_bytes(four_block_model(
           recompute='project', recompute_min_bytes=min_bytes))
 
+    none = train_temp_bytes(four_block_model(recompute='none'))
     every, some = temps(0), temps(SMALL_BLOCKS_BYTES)
     self.assertLess(every, some)
-    self.assertLess(some, train_temp_bytes(four_block_model(recompute='none')))
+    self.assertLess(some, none)
     # Above the largest projection input (16 px x 144 channels) nothing is.
-    self.assertEqual(temps(16 * 16 * 144 * 4 + 1),
-                     train_temp_bytes(four_block_model(recompute='none')))
+    self.assertEqual(temps(16 * 16 * 144 * 4 + 1), none)
 
   def test_unknown_policy(self):
     with self.assertRaisesRegex(ValueError, "Unknown recompute policy 'some'"):
