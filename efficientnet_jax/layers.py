@@ -24,6 +24,7 @@ Each exists because flax's own version misses something the reference needs:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -238,7 +239,7 @@ def _shifted_kernel_grad(padded, grad_out, kernel, stride,
   batch, _, _, channels = padded.shape
   out_h = (padded.shape[1] - kh) // stride + 1
   out_w = (padded.shape[2] - kw) // stride + 1
-  per_example = ((padded[0].size + out_h * out_w * channels) *
+  per_example = ((math.prod(padded.shape[1:]) + out_h * out_w * channels) *
                  padded.dtype.itemsize)
   chunk = batch_chunk(batch, per_example, chunk_bytes)
 

@@ -31,7 +31,7 @@ def step_compiler_options() -> dict[str, Any]:
   On CPU, 512-bit vectors: the depthwise taps and activations are elementwise
   loops, which LLVM vectorises 256 bits wide by default. B0 inference at batch
   32, 224 px took 263-270 vs 293-305 ms per batch. The train step's median,
-  compiled both ways in one process and alternated step by step (12-24
+  compiled both ways in one process and alternated step by step (10-24
   steps each), went 0.842 -> 0.773 s at 64x128 and 1.369 -> 1.331 s at
   32x224. (Before layers.swish, two alternating rounds had shown no gain.)
   """

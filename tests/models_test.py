@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import common
 import efficientnet_jax
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
@@ -328,6 +329,11 @@ class RecomputeTest(parameterized.TestCase):
   def test_unknown_policy(self):
     with self.assertRaisesRegex(ValueError, "Unknown recompute policy 'some'"):
       models.abstract_variables(four_block_model(recompute='some'))
+
+  def test_config_and_model_share_the_min_bytes_default(self):
+    # configs/ imports no jax, so the config spells the default out.
+    self.assertEqual(common.model_config('b0').recompute_min_bytes,
+                     models.DEFAULT_RECOMPUTE_MIN_BYTES)
 
 
 class ApiTest(absltest.TestCase):
