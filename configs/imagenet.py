@@ -5,7 +5,7 @@ Command (variant after the colon: b0..b8, l2, lite0..lite4, or phi=<float>):
   python train.py --config=configs/imagenet.py:b0 --workdir=runs/b0 \
       --config.data_dir=/data/tfds
 
-Expected top-1 with these defaults (official README, REFERENCE §8, baseline
+Expected top-1 with these defaults (official README, docs/reference.md §8, baseline
 preprocessing; `--config.augment=autoaugment` for the AA row): B0 76.7 (AA
 77.1), B1 78.7, B2 79.8, B3 81.1, B4 82.5, B5 83.1; B6 84.0 and B7 84.3 are AA
 only. The published runs took 350 epochs at global batch 4096 on TPU pods
@@ -19,7 +19,7 @@ import ml_collections
 
 from configs import common
 
-# TPU-README / TPU-MAIN randaugment_magnitude per variant (REFERENCE §5.9);
+# TPU-README / TPU-MAIN randaugment_magnitude per variant (docs/reference.md §5.9);
 # the flag default 10 elsewhere.
 RANDAUGMENT_MAGNITUDE = {'b5': 17, 'b7': 28, 'b8': 28}
 
@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = common.model_config(arg)
-  # TPU-MAIN use_bfloat16 (True since 2020; REFERENCE §5.8): bf16 compute,
+  # TPU-MAIN use_bfloat16 (True since 2020; docs/reference.md §5.8): bf16 compute,
   # float32 variables and loss. Set 'float32' on CPU.
   config.model.dtype = 'bfloat16'
 
@@ -43,11 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.randaugment_num_layers = 2  # TPU-MAIN randaugment_num_layers.
   config.randaugment_magnitude = RANDAUGMENT_MAGNITUDE.get(
       config.model.variant, 10)
-  config.crop_padding = 32  # TPU-PRE CROP_PADDING (REFERENCE §6.2).
+  config.crop_padding = 32  # TPU-PRE CROP_PADDING (docs/reference.md §6.2).
   # Ours: enough to mix examples across ImageNet's 1024 training shards.
   config.shuffle_buffer_size = 16 * 1024
 
-  # Global batch 4096 for every published model (REFERENCE §5.1, issue 546).
+  # Global batch 4096 for every published model (docs/reference.md §5.1, issue 546).
   config.batch_size = 4096
   config.eval_batch_size = 1024  # Ours; any multiple of the device count.
   config.num_epochs = 350.0  # TPU-MAIN train_steps at batch 2048.

@@ -4,7 +4,7 @@ Pure Python (no jax): the model, the input pipeline, the FLOP counter and the
 checkpoint converters all read the `ArchSpec` that `resolve` builds here, so
 the numbers of the paper live in exactly one place.
 
-Sources are tagged as in ../shared/REFERENCE.md (TPU-BUILD is
+Sources are tagged as in docs/reference.md (TPU-BUILD is
 tensorflow/tpu models/official/efficientnet/efficientnet_builder.py, TPU-MODEL
 its efficientnet_model.py, TPU-LITE lite/efficientnet_lite_builder.py).
 """
@@ -36,7 +36,7 @@ BASE_RESOLUTION = 224
 BASE_STEM_FILTERS = 32
 BASE_HEAD_FILTERS = 1280
 
-# REFERENCE §6.3: mean/std on [0, 255] RGB that each checkpoint family expects.
+# docs/reference.md §6.3: mean/std on [0, 255] RGB that each checkpoint family expects.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 LITE_MEAN = (127.0, 127.0, 127.0)
@@ -56,7 +56,7 @@ class Preset:
 
 
 # TPU-BUILD `efficientnet_params` and TPU-LITE `efficientnet_lite_params`,
-# verbatim. From B4 up these are not alpha**phi etc. (REFERENCE §2.3).
+# verbatim. From B4 up these are not alpha**phi etc. (docs/reference.md §2.3).
 PRESETS: dict[str, Preset] = {
     'b0': Preset(1.0, 1.0, 224, 0.2),
     'b1': Preset(1.0, 1.1, 240, 0.2),
@@ -216,7 +216,7 @@ def formula_dropout_rate(phi: float) -> float:
 
 def implied_phi(preset: Preset, alpha: float = ALPHA, beta: float = BETA,
                 gamma: float = GAMMA) -> dict[str, float]:
-  """The phi each published coefficient corresponds to (REFERENCE §2.3)."""
+  """The phi each published coefficient corresponds to (docs/reference.md §2.3)."""
   return dict(
       width=math.log(preset.width_coefficient) / math.log(beta),
       depth=math.log(preset.depth_coefficient) / math.log(alpha),
@@ -382,7 +382,7 @@ def count_macs(spec: ArchSpec, num_classes: int = 1000,
   """Multiply-adds of one forward pass (conv + dense), as the paper counts FLOPs.
 
   BN, activations, pooling and the SE gate multiply are not counted, matching
-  the independent count in REFERENCE §3.
+  the independent count in docs/reference.md §3.
   """
   size = resolution or spec.resolution
   size = feature_size(size, 1)

@@ -1,6 +1,6 @@
 """Crop, resize and flip of the official EfficientNet preprocessing (TPU-PRE).
 
-Plain TensorFlow functions for tf.data (REFERENCE §6): the Inception-style
+Plain TensorFlow functions for tf.data (docs/reference.md §6): the Inception-style
 random crop with its centre-crop fallback, the eval centre crop with PAD=32,
 fused JPEG decode-and-crop, TF1 resize kernels and the horizontal flip.
 AutoAugment and RandAugment live in autoaugment.py.
@@ -47,7 +47,7 @@ def random_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
     image_shape: int32 [height, width] of the encoded image.
     seed: stateless seed.
     resolution: final side, for the centre-crop fallback.
-    crop_padding: the centre crop's padding (REFERENCE §6.2).
+    crop_padding: the centre crop's padding (docs/reference.md §6.2).
 
   Returns:
     int32 [4] crop window.
@@ -76,7 +76,7 @@ def center_crop_window(image_shape: tf.Tensor, *, resolution: int,
                        crop_padding: int) -> tf.Tensor:
   """[offset_y, offset_x, side, side] of the eval centre crop.
 
-  TPU-PRE `_decode_and_center_crop` with PAD=32 (REFERENCE §6.2): side =
+  TPU-PRE `_decode_and_center_crop` with PAD=32 (docs/reference.md §6.2): side =
   floor(resolution / (resolution + pad) * min(height, width)), offsets rounded
   up. Images under 2 px would get an empty crop; we keep at least 1 px.
   """

@@ -1,7 +1,7 @@
 """AutoAugment policy 'v0' and RandAugment, op by op as in TPU-AA.
 
 Plain TensorFlow functions on uint8 [H, W, 3] images at final size, so they
-run inside tf.data on the host CPUs (REFERENCE §7). Geometric ops use
+run inside tf.data on the host CPUs (docs/reference.md §7). Geometric ops use
 ImageProjectiveTransformV3 (tf.contrib is gone) with nearest sampling and
 fill 128. Where TF semantics make an official op do something other than its
 name says (uint8 wrap of Solarize's threshold, TF's clamped bit shifts in
@@ -161,7 +161,7 @@ def contrast(image: tf.Tensor, factor: float | tf.Tensor) -> tf.Tensor:
 
   TPU-AA's "mean" is the sum of a 256-bin histogram of the grayscale image
   divided by 256, i.e. pixel_count / 256 (196 at 224 px, 255 from ~256 px up),
-  not the mean intensity (REFERENCE §7.2); reproduced as such.
+  not the mean intensity (docs/reference.md §7.2); reproduced as such.
   """
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   level = tf.cast(height * width, tf.float32) / 256.0
@@ -341,7 +341,7 @@ def _apply_indexed(image: tf.Tensor, names: Sequence[str], index: tf.Tensor,
 
 
 # TPU-AA policy_v0, verbatim: 25 sub-policies of (op, probability, magnitude).
-# The magnitudes of Equalize/Invert/AutoContrast are ignored (REFERENCE §7.3).
+# The magnitudes of Equalize/Invert/AutoContrast are ignored (docs/reference.md §7.3).
 POLICY_V0 = (
     (('Equalize', 0.8, 1), ('ShearY', 0.8, 4)),
     (('Color', 0.4, 9), ('Equalize', 0.6, 3)),
@@ -383,7 +383,7 @@ def autoaugment_tables(policy=POLICY_V0):
   Returns:
     (names, op_index, probability, argument): op_index int32, probability
     and argument float32 numpy arrays of shape [len(policy), 2], the
-    argument resolved with the AutoAugment constants (REFERENCE §7.3).
+    argument resolved with the AutoAugment constants (docs/reference.md §7.3).
   """
   names = tuple(sorted({name for sub_policy in policy
                         for name, _, _ in sub_policy}))
@@ -444,7 +444,7 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int,
   """RandAugment: `num_layers` ops drawn uniformly (with replacement).
 
   Each drawn op is always applied at the fixed `magnitude` (TPU-AA samples a
-  probability per op but never uses it, REFERENCE §7.4).
+  probability per op but never uses it, docs/reference.md §7.4).
   """
   if num_layers == 0:
     return image

@@ -153,7 +153,7 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
   """TPU-PRE preprocess_for_train: float32 [res, res, 3] on about [0, 255].
 
   Crop, resize, flip; then, for AutoAugment/RandAugment, clip and truncate to
-  uint8 and augment at final size (REFERENCE §6.1). Without augmentation the
+  uint8 and augment at final size (docs/reference.md §6.1). Without augmentation the
   bicubic overshoot outside [0, 255] is kept, as in TPU-PRE. With
   photo_crops=False the crop is the eval centre crop and there is no flip.
   """

@@ -49,7 +49,7 @@ def explicit_padding(size: int, kernel_size: int, stride: int,
                      padding: Padding) -> tuple[int, int]:
   """Pads (before, after) for one spatial axis.
 
-  'same' is TF's rule, the extra pixel after (REFERENCE §1.9), which is also
+  'same' is TF's rule, the extra pixel after (docs/reference.md §1.9), which is also
   lax's 'SAME'. 'symmetric' is PyTorch's k//2 on both sides, as timm's native
   weights were trained with.
   """

@@ -1,9 +1,9 @@
 """The optimisation side of the official recipe: schedule, RMSProp, L2, EMA.
 
 Everything is optax except the two pieces optax does not have: the TF
-learning-rate formula as a function of the *global* step (REFERENCE §5.3;
+learning-rate formula as a function of the *global* step (docs/reference.md §5.3;
 `optax.join_schedules` would restart the staircase after warm-up) and the
-EMA decay warm-up min(decay, (1 + t) / (10 + t)) (REFERENCE §5.6; `optax.ema`
+EMA decay warm-up min(decay, (1 + t) / (10 + t)) (docs/reference.md §5.6; `optax.ema`
 has a fixed decay). The EMA update itself is `optax.incremental_update`.
 """
 
@@ -36,7 +36,7 @@ def learning_rate_at(step: jax.Array, *, peak: float, steps_per_epoch: float,
   Linear warm-up from exactly 0 over int(warmup_epochs * steps_per_epoch)
   steps, then peak * decay_factor**floor(step / (decay_epochs *
   steps_per_epoch)). The staircase counts from step 0, not from the end of the
-  warm-up, so the first post-warm-up value is already decayed (REFERENCE §5.3).
+  warm-up, so the first post-warm-up value is already decayed (docs/reference.md §5.3).
 
   Args:
     step: the global step (number of updates applied so far).
@@ -84,7 +84,7 @@ def weight_decay_mask(params: Any) -> Any:
   TPU-MAIN adds weight_decay * l2_loss(v) for every trainable variable whose
   name lacks 'batch_normalization': all conv and depthwise kernels, the SE
   kernels and biases, the classifier kernel and bias. BN scale and bias are
-  the only exclusions (REFERENCE §5.4).
+  the only exclusions (docs/reference.md §5.4).
   """
   return jax.tree_util.tree_map_with_path(
       lambda path, _: not is_batch_norm(path), params)
@@ -93,7 +93,7 @@ def weight_decay_mask(params: Any) -> Any:
 def create_optimizer(config: Any,
                      learning_rate_fn: LearningRateFn
                      ) -> optax.GradientTransformation:
-  """Coupled L2 followed by TF1 RMSProp (REFERENCE §5.2, §5.4).
+  """Coupled L2 followed by TF1 RMSProp (docs/reference.md §5.2, §5.4).
 
   `add_decayed_weights` adds weight_decay * v to the gradient, the gradient of
   TF's weight_decay * sum(v**2) / 2 loss term, so it passes through RMSProp

@@ -26,7 +26,7 @@ _VARIANTS = flags.DEFINE_list('variants', list(arch.PRESETS),
                               'Variants to list.')
 
 # Paper Table 2 (#Params, FLOPs = multiply-adds) and, for Lite, TPU-LITE's
-# README (Params, MAdds). REFERENCE §3 and §4.1.
+# README (Params, MAdds). docs/reference.md §3 and §4.1.
 PUBLISHED = {
     'b0': (5.3e6, 0.39e9), 'b1': (7.8e6, 0.70e9), 'b2': (9.2e6, 1.0e9),
     'b3': (12e6, 1.8e9), 'b4': (19e6, 4.2e9), 'b5': (30e6, 9.9e9),

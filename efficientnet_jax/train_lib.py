@@ -4,7 +4,7 @@ The loop is data parallel over one `jax.sharding.Mesh` with a 'data' axis
 spanning every device of every process: the state is replicated, batches are
 sharded on their leading axis, and `jax.jit` partitions the step. Batch norm
 therefore sees the global batch (synchronised BN) unless the model section sets
-`bn_group_size` (REFERENCE §5.7).
+`bn_group_size` (docs/reference.md §5.7).
 
 `train_and_evaluate(config, workdir)` resumes from the newest checkpoint in the
 workdir, stops cleanly on SIGTERM (saving first) and refuses a non-finite loss

@@ -7,7 +7,7 @@ from absl.testing import parameterized
 
 from efficientnet_jax import arch
 
-# REFERENCE §2.5: repeats x out-channels per stage, stem and head widths.
+# docs/reference.md §2.5: repeats x out-channels per stage, stem and head widths.
 STAGE_TABLE = {
     'b0': (32, '1x16 2x24 2x40 3x80 3x112 4x192 1x320', 1280),
     'b1': (32, '2x16 3x24 3x40 4x80 4x112 5x192 2x320', 1280),
@@ -19,7 +19,7 @@ STAGE_TABLE = {
     'b7': (64, '4x32 7x48 7x80 10x160 10x224 13x384 4x640', 2560),
     'b8': (72, '4x32 8x56 8x88 11x176 11x248 15x424 4x704', 2816),
     'l2': (136, '6x72 11x104 11x176 16x344 16x480 22x824 6x1376', 5504),
-    # REFERENCE §4.1: Lite keeps stem 32 / head 1280 and one block in stages 1, 7.
+    # docs/reference.md §4.1: Lite keeps stem 32 / head 1280 and one block in stages 1, 7.
     'lite0': (32, '1x16 2x24 2x40 3x80 3x112 4x192 1x320', 1280),
     'lite1': (32, '1x16 3x24 3x40 4x80 4x112 5x192 1x320', 1280),
     'lite2': (32, '1x16 3x24 3x48 4x88 4x120 5x208 1x352', 1280),
@@ -27,13 +27,13 @@ STAGE_TABLE = {
     'lite4': (32, '1x24 4x32 4x56 6x112 6x160 8x272 1x448', 1280),
 }
 
-# REFERENCE §3: our independent MAC count (G) and the paper's Table 2 FLOPs.
+# docs/reference.md §3: our independent MAC count (G) and the paper's Table 2 FLOPs.
 MACS = {'b0': 0.386, 'b1': 0.687, 'b2': 0.994, 'b3': 1.827, 'b4': 4.394,
         'b5': 10.266, 'b6': 19.068, 'b7': 37.746, 'b8': 62.597, 'l2': 475.7}
 PAPER_FLOPS = {'b0': 0.39, 'b1': 0.70, 'b2': 1.0, 'b3': 1.8, 'b4': 4.2,
                'b5': 9.9, 'b6': 19, 'b7': 37}
 
-# REFERENCE §1.2: B0 block by block (k, s, in, mid, se, out, skip).
+# docs/reference.md §1.2: B0 block by block (k, s, in, mid, se, out, skip).
 B0_BLOCKS = [
     (3, 1, 32, 32, 8, 16, False), (3, 2, 16, 96, 4, 24, False),
     (3, 1, 24, 144, 6, 24, True), (5, 2, 24, 144, 6, 40, False),
@@ -112,7 +112,7 @@ class PresetTest(parameterized.TestCase):
     self.assertEqual(spec.resize_method, 'bilinear')
 
   def test_published_table_is_not_the_rule(self):
-    # REFERENCE §2.3: B4 is not alpha**4 / beta**4 / 224 * gamma**4.
+    # docs/reference.md §2.3: B4 is not alpha**4 / beta**4 / 224 * gamma**4.
     b4 = arch.spec_for('b4')
     width, depth, resolution = arch.compound_coefficients(4)
     self.assertEqual((b4.width_coefficient, b4.depth_coefficient,

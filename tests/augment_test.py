@@ -18,7 +18,7 @@ def _random_image(height, width, seed=0):
 class CropTest(absltest.TestCase):
 
   def test_center_crop_window(self):
-    # REFERENCE §6.2: side floor(224/256 * 375) = 328, offsets rounded up.
+    # docs/reference.md §6.2: side floor(224/256 * 375) = 328, offsets rounded up.
     window = augment.center_crop_window(tf.constant([375, 500]),
                                         resolution=224, crop_padding=32)
     np.testing.assert_array_equal(window, [24, 86, 328, 328])

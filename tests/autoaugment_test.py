@@ -1,5 +1,5 @@
 """Tests for efficientnet_jax.autoaugment: each op on a crafted image, the
-magnitude tables of REFERENCE §7, reproducibility, eager == tf.data."""
+magnitude tables of docs/reference.md §7, reproducibility, eager == tf.data."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -37,7 +37,7 @@ class PixelOpsTest(absltest.TestCase):
 
   def test_solarize_threshold_wraps_like_uint8(self):
     # Magnitude 10 gives threshold 256, which TF turns into uint8 0: every
-    # pixel is inverted (what TPU-AA computed; REFERENCE says "no-op").
+    # pixel is inverted (what TPU-AA computed; docs/reference.md says "no-op").
     image = _random_image()
     np.testing.assert_array_equal(_run(autoaugment.solarize, image, 256),
                                   255 - image)
@@ -183,7 +183,7 @@ class GeometricOpsTest(absltest.TestCase):
 class MagnitudeTest(absltest.TestCase):
 
   def test_policy_v0_resolved_table(self):
-    # REFERENCE §7.3, one (op, p, argument) per slot; sign drawn separately.
+    # docs/reference.md §7.3, one (op, p, argument) per slot; sign drawn separately.
     expected = [
         (('Equalize', .8, 0), ('ShearY', .8, .12)),
         (('Color', .4, 1.72), ('Equalize', .6, 0)),
@@ -231,7 +231,7 @@ class MagnitudeTest(absltest.TestCase):
     self.assertIsNone(arg('Invert', 9))
 
   def test_randaugment_table(self):
-    # REFERENCE §7.4: M = 10, 17, 28 with translate 100 px, cutout 40.
+    # docs/reference.md §7.4: M = 10, 17, 28 with translate 100 px, cutout 40.
     expected = {
         10: dict(Rotate=30, ShearX=.3, TranslateY=100, Sharpness=1.9,
                  Solarize=256, Posterize=4, SolarizeAdd=110, Cutout=40),

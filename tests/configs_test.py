@@ -42,7 +42,7 @@ def test_recipe_defines_every_field_and_resolves(name, config):
 
 def test_imagenet_recipe_is_the_reference():
   config = imagenet.get_config('b0')
-  assert config.batch_size == 4096  # REFERENCE §5.1
+  assert config.batch_size == 4096  # docs/reference.md §5.1
   assert config.learning_rate == 0.016
   assert config.warmup_epochs == 5.0
   assert (config.lr_decay_epochs, config.lr_decay_factor) == (2.4, 0.97)
@@ -57,7 +57,7 @@ def test_imagenet_recipe_is_the_reference():
   assert config.model.bn_group_size is None  # Synchronised (global) BN.
   assert arch.resolve(config.model).dropout_rate == 0.2
   assert arch.resolve(imagenet.get_config('b7').model).dropout_rate == 0.5
-  # RandAugment magnitudes of the published RA checkpoints (REFERENCE §5.9).
+  # RandAugment magnitudes of the published RA checkpoints (docs/reference.md §5.9).
   assert imagenet.get_config('b5').randaugment_magnitude == 17
   assert imagenet.get_config('b7').randaugment_magnitude == 28
   assert imagenet.get_config('b3').randaugment_magnitude == 10

@@ -25,7 +25,7 @@ from efficientnet_jax.convert import keras as keras_convert
 from efficientnet_jax.convert import placement
 from efficientnet_jax.convert import tf_official
 
-# B0 stage table (REFERENCE §1.1): repeats, kernel, expand ratio, in, out.
+# B0 stage table (docs/reference.md §1.1): repeats, kernel, expand ratio, in, out.
 B0_STAGES = ((1, 3, 1, 32, 16), (2, 3, 6, 16, 24), (2, 5, 6, 24, 40),
              (3, 3, 6, 40, 80), (3, 5, 6, 80, 112), (4, 5, 6, 112, 192),
              (1, 3, 6, 192, 320))

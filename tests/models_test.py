@@ -17,7 +17,7 @@ from efficientnet_jax import checkpoints
 from efficientnet_jax import layers
 from efficientnet_jax import models
 
-# REFERENCE §3 and §4.1: trainable parameters with 1000 classes (TF official =
+# docs/reference.md §3 and §4.1: trainable parameters with 1000 classes (TF official =
 # timm = Keras "trainable"); BN moving statistics are not parameters.
 TRAINABLE_PARAMS = {
     'b0': 5_288_548, 'b1': 7_794_184, 'b2': 9_109_994, 'b3': 12_233_232,
@@ -26,7 +26,7 @@ TRAINABLE_PARAMS = {
     'lite0': 4_652_008, 'lite1': 5_416_680, 'lite2': 6_092_072,
     'lite3': 8_197_096, 'lite4': 13_006_568,
 }
-# REFERENCE §3: Keras "Total params" = trainable + BN mean/var + 7 (its input
+# docs/reference.md §3: Keras "Total params" = trainable + BN mean/var + 7 (its input
 # Normalization layer's mean, variance and count).
 KERAS_TOTAL = {'b0': 5_330_571, 'b3': 12_320_535, 'b7': 66_658_687}
 
@@ -102,7 +102,7 @@ class SizeTest(parameterized.TestCase):
 class InitializerTest(absltest.TestCase):
 
   def test_depthwise_std_uses_tf_fan_out(self):
-    # REFERENCE §1.8: TF fan_out of a depthwise kernel is kh * kw, so a 3x3
+    # docs/reference.md §1.8: TF fan_out of a depthwise kernel is kh * kw, so a 3x3
     # depthwise std is sqrt(2 / 9) = 0.471, whatever the channel count.
     kernel = layers.DepthwiseConv(3).init(
         jax.random.key(0), jnp.zeros((1, 8, 8, 4096)))['params']['kernel']
@@ -212,7 +212,7 @@ class BehaviourTest(absltest.TestCase):
     self.assertGreater(float(jnp.abs(
         eval_fn(same)(variables, images) -
         eval_fn(symmetric)(variables, images)).max()), 1e-6)
-    # With odd sizes TF 'SAME' is symmetric too (REFERENCE §1.9).
+    # With odd sizes TF 'SAME' is symmetric too (docs/reference.md §1.9).
     self.assertEqual(layers.explicit_padding(33, 3, 2, 'same'), (1, 1))
     self.assertEqual(layers.explicit_padding(32, 3, 2, 'same'), (0, 1))
     self.assertEqual(layers.explicit_padding(32, 5, 2, 'same'), (1, 2))

@@ -74,7 +74,7 @@ def imagenet_schedule_reference(step):
 def test_learning_rate_matches_official_formula():
   config = imagenet.get_config('b0')
   fn = optim.create_learning_rate_fn(config, 1281167 / 4096, 4096)
-  # REFERENCE §5.1: warm-up is 1563 steps; peak 0.256.
+  # docs/reference.md §5.1: warm-up is 1563 steps; peak 0.256.
   for step in (0, 1, 781, 1562, 1563, 1564, 2251, 2252, 50000, 109474):
     np.testing.assert_allclose(float(fn(step)),
                                imagenet_schedule_reference(step), rtol=1e-5)

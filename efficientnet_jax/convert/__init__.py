@@ -71,7 +71,7 @@ def _normalization(source: str, spec: arch.ArchSpec, facts: dict[str, Any],
                    ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
   """The (mean_rgb, std_rgb) on [0, 255] the weights expect, and why.
 
-  REFERENCE §6.3: ImageNet mean/std for B models, (x - 127) / 128 for Lite,
+  docs/reference.md §6.3: ImageNet mean/std for B models, (x - 127) / 128 for Lite,
   x * 2 / 255 - 1 for AdvProp checkpoints; Keras reads its own input layers.
   """
   if advprop:
