@@ -1,13 +1,16 @@
-"""The compiled steps and the state they carry: TrainState, train/eval steps.
+"""The steps and the state they carry: TrainState, train/eval/predict steps.
 
-Pure JAX (no TensorFlow, no I/O), so that a process that only runs steps, such
-as benchmarks/throughput.py, carries no input-pipeline runtime; train_lib.py
-adds the data, the loop, checkpoints and metrics around them.
+`jit_steps` is the one place they are compiled, with their shardings and
+compiler options; training, evaluation, the benchmark and the multi-device
+tests all call it. Pure JAX (no TensorFlow, no I/O), so that a process that
+only runs steps, such as benchmarks/throughput.py, carries no input-pipeline
+runtime; train_lib.py adds the data, the loop, checkpoints and metrics.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+from typing import Any, Callable, Mapping, NamedTuple
 
 from flax.training import train_state
 import jax
@@ -16,6 +19,7 @@ import optax
 
 from efficientnet_jax import models
 from efficientnet_jax import optim
+from efficientnet_jax import sharding
 
 Batch = Mapping[str, Any]
 
@@ -29,11 +33,8 @@ def step_compiler_options() -> dict[str, Any]:
   """XLA DebugOptions for the train, eval and predict steps on this backend.
 
   On CPU, 512-bit vectors: the depthwise taps and activations are elementwise
-  loops, which LLVM vectorises 256 bits wide by default. B0 inference at batch
-  32, 224 px took 263-270 vs 293-305 ms per batch. The train step's median,
-  compiled both ways in one process and alternated step by step (10-24
-  steps each), went 0.842 -> 0.773 s at 64x128 and 1.369 -> 1.331 s at
-  32x224. (Before layers.swish, two alternating rounds had shown no gain.)
+  loops, which LLVM vectorises 256 bits wide by default (B0 train step 3%
+  faster at 32x224; docs/cpu_kernels.md).
   """
   if jax.default_backend() == 'cpu':
     return dict(xla_cpu_prefer_vector_width=512)
@@ -118,3 +119,66 @@ def create_train_state(rng: jax.Array, *, model: models.EfficientNet,
       batch_stats=variables['batch_stats'],
       ema_params=variables['params'],
       ema_batch_stats=variables['batch_stats'])
+
+
+def predict_step(model: models.EfficientNet, variables: Mapping[str, Any],
+                 batch: Batch) -> dict[str, jax.Array]:
+  """Top-5 class ids and their softmax probabilities per example."""
+  logits = model.apply(variables, batch['image'], train=False)
+  probs, ids = jax.lax.top_k(jax.nn.softmax(logits),
+                             min(5, logits.shape[-1]))
+  return dict(top5=ids, probs=probs)
+
+
+class JittedSteps(NamedTuple):
+  """The compiled steps of one model on one mesh.
+
+  train(state, batch, train_rng) -> (state, metrics), the state donated;
+  None when jit_steps was given no learning-rate schedule.
+  eval(variables, batch) -> masked sums (eval_step), replicated.
+  predict(variables, batch) -> top-5 ids and probabilities, batch-sharded.
+  """
+  train: Callable[..., tuple[TrainState, dict[str, jax.Array]]] | None
+  eval: Callable[..., dict[str, jax.Array]]
+  predict: Callable[..., dict[str, jax.Array]]
+
+
+def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
+              state_shardings: Any = None,
+              learning_rate_fn: optim.LearningRateFn | None = None,
+              label_smoothing: float = 0.0,
+              ema_decay: float = 0.0) -> JittedSteps:
+  """Wraps the steps in `jax.jit` with their shardings and compiler options.
+
+  Args:
+    model: the network; eval and predict apply it to `variables`.
+    mesh: a sharding.create_mesh mesh; batches are split on its 'data' axis,
+      variables and metrics replicated.
+    state_shardings: the TrainState's shardings (default: every leaf
+      replicated, a pytree prefix).
+    learning_rate_fn, label_smoothing, ema_decay: the recipe's, bound into
+      the train step; without a learning_rate_fn there is no train step.
+
+  Returns:
+    The JittedSteps. Nothing is compiled until the first call.
+  """
+  replicated = sharding.replicated(mesh)
+  batch = sharding.data_sharded(mesh)
+  options = step_compiler_options()
+  train = None
+  if learning_rate_fn is not None:
+    state = replicated if state_shardings is None else state_shardings
+    train = jax.jit(
+        functools.partial(train_step, learning_rate_fn=learning_rate_fn,
+                          label_smoothing=label_smoothing,
+                          ema_decay=ema_decay),
+        in_shardings=(state, batch, replicated),
+        out_shardings=(state, replicated),
+        donate_argnums=0, compiler_options=options)
+  evaluate = jax.jit(functools.partial(eval_step, model),
+                     in_shardings=(replicated, batch),
+                     out_shardings=replicated, compiler_options=options)
+  predict = jax.jit(functools.partial(predict_step, model),
+                    in_shardings=(replicated, batch), out_shardings=batch,
+                    compiler_options=options)
+  return JittedSteps(train=train, eval=evaluate, predict=predict)
