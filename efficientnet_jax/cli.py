@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 from absl import app
 from absl import logging
 
+from efficientnet_jax import errors
 from efficientnet_jax import host_memory
-from efficientnet_jax import train_lib
 
 
 def load_config_file(argv: Sequence[str]) -> Any:
@@ -75,15 +75,17 @@ def quiet_library_logs() -> None:
 
 
 def setup_devices(distributed: bool) -> None:
-  """Keeps TF (data only) off accelerators; joins a multi-process job.
+  """Process-wide settings of an entry point, before any jax computation.
 
-  Runs before any jax computation: it also sets how XLA:CPU holds each step's
-  memory, which jax reads when it creates its CPU client.
+  Keeps TF (data only) off accelerators, sets how XLA:CPU holds host memory
+  (read when jax creates its CPU client; host_memory.py), and joins a
+  multi-process job.
   """
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   import jax
   host_memory.reuse_execution_memory()
+  host_memory.release_after_each_compile()
   tf.config.set_visible_devices([], 'GPU')
   if distributed or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     # Auto-detects SLURM, Open MPI, Kubernetes and Cloud TPU environments.
@@ -101,7 +103,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
     quiet_library_logs()
     try:
       return main(argv)
-    except (train_lib.ConfigError, FloatingPointError, FileNotFoundError) as e:
+    except (errors.ConfigError, FloatingPointError, FileNotFoundError) as e:
       logging.error('%s', e)
       sys.exit(f'FATAL: {e}')
 

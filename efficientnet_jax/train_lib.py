@@ -1,14 +1,17 @@
-"""The training loop around steps.py: data, mesh, checkpoints, metrics, resume.
+"""The training loop around steps.py: data, checkpoints, metrics, resume.
 
 The loop is data parallel over one `jax.sharding.Mesh` with a 'data' axis
-spanning every device of every process: the state is replicated, batches are
-sharded on their leading axis, and `jax.jit` partitions the step. Batch norm
-therefore sees the global batch (synchronised BN) unless the model section sets
-`bn_group_size` (docs/reference.md §5.7).
+spanning every device of every process (sharding.py): the state is
+replicated, batches are sharded on their leading axis, and `jax.jit`
+partitions the step. Batch norm therefore sees the global batch (synchronised
+BN) unless the model section sets `bn_group_size` (docs/reference.md §5.7).
 
-`train_and_evaluate(config, workdir)` resumes from the newest checkpoint in the
-workdir, stops cleanly on SIGTERM (saving first) and refuses a non-finite loss
-without saving it. eval.py's checkpoint scoring lives in eval_lib.py.
+`train_and_evaluate(config, workdir)` reads as its steps: plan the run from the
+config and dataset, find what the workdir already holds, build the network,
+restore or initialise the state, then the train loop, which evaluates, logs
+and saves as it goes. It resumes from the newest checkpoint in the workdir,
+stops cleanly on SIGTERM (saving first) and refuses a non-finite loss without
+saving it. eval.py's checkpoint scoring lives in eval_lib.py.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from absl import logging
 from clu import metric_writers
@@ -36,19 +39,17 @@ import orbax.checkpoint as ocp
 
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
-from efficientnet_jax import host_memory
+from efficientnet_jax import errors
+from efficientnet_jax import eval_lib
 from efficientnet_jax import input_pipeline
 from efficientnet_jax import models
+from efficientnet_jax import network
 from efficientnet_jax import optim
+from efficientnet_jax import sharding
 from efficientnet_jax import steps
 
-P = jax.sharding.PartitionSpec
 Batch = Mapping[str, Any]
 METRICS_FILE = 'metrics.jsonl'
-
-
-class ConfigError(ValueError):
-  """A config or workdir that cannot work; the message says how to fix it."""
 
 
 def checkpoint_tree(state: steps.TrainState) -> dict[str, Any]:
@@ -59,46 +60,52 @@ def checkpoint_tree(state: steps.TrainState) -> dict[str, Any]:
               ema_batch_stats=state.ema_batch_stats)
 
 
-def create_mesh(devices: Any = None) -> jax.sharding.Mesh:
-  """A one-axis ('data') mesh over every device of every process."""
-  devices = jax.devices() if devices is None else devices
-  return jax.sharding.Mesh(np.asarray(devices), ('data',))
-
-
-def shard_batch(batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Host (per-process) numpy arrays -> global arrays sharded on 'data'."""
-  sharding = jax.sharding.NamedSharding(mesh, P('data'))
-
-  def to_global(x):
-    x = np.asarray(x)
-    if x.dtype == np.int64:  # The eval 'index'; jax defaults to 32 bits.
-      x = x.astype(np.int32)
-    return jax.make_array_from_process_local_data(sharding, x)
-
-  return {key: to_global(x) for key, x in batch.items()}
-
-
 def is_time(step: int, every: int, total: int) -> bool:
   """True every `every` steps (never when 0) and on the last step."""
   return step == total or (every > 0 and step % every == 0)
 
 
-def normalisation(spec: arch.ArchSpec, meta: Mapping[str, Any] | None
-                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean_rgb, std_rgb): a checkpoint's own (AdvProp, Lite) or the spec's."""
-  if meta and meta.get('mean_rgb') is not None:
-    return tuple(meta['mean_rgb']), tuple(meta['std_rgb'])
-  return tuple(spec.mean_rgb), tuple(spec.std_rgb)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The run's sizes and schedule, from the config and the dataset."""
+  local_batch_size: int
+  local_eval_batch_size: int
+  num_classes: int
+  steps_per_epoch: float
+  total_steps: int
+  eval_every: int
+  learning_rate_fn: optim.LearningRateFn
+  tx: optax.GradientTransformation
 
 
-def check_batch_size(batch_size: int, name: str) -> int:
-  """The per-process batch; refuses sizes the devices cannot split evenly."""
-  devices = jax.device_count()
-  if batch_size <= 0 or batch_size % devices:
-    raise ConfigError(
-        f'config.{name}={batch_size} is not divisible by the {devices} '
-        f'devices; set --config.{name} to a multiple of {devices}.')
-  return batch_size // jax.process_count()
+def plan_run(config: ml_collections.ConfigDict, data: Any) -> Plan:
+  """Per-process batch sizes, step counts and the optimizer of a run.
+
+  The batch sizes are checked first: reading the dataset's info may prepare
+  it.
+  """
+  local_batch_size = sharding.local_batch_size(config.batch_size,
+                                               'batch_size')
+  local_eval_batch_size = sharding.local_batch_size(config.eval_batch_size,
+                                                    'eval_batch_size')
+  info = data.dataset_info(config)
+  steps_per_epoch = info.num_train_examples / config.batch_size  # TPU-MAIN.
+  total_steps = config.num_train_steps
+  if total_steps is None:
+    # TPU-MAIN train_steps: int(epochs * images / batch).
+    total_steps = int(config.num_epochs * steps_per_epoch)
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch,
+                                                   config.batch_size)
+  return Plan(
+      local_batch_size=local_batch_size,
+      local_eval_batch_size=local_eval_batch_size,
+      num_classes=info.num_classes,
+      steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps,
+      eval_every=max(1, int(round(config.eval_every_epochs *
+                                  steps_per_epoch))),
+      learning_rate_fn=learning_rate_fn,
+      tx=optim.create_optimizer(config, learning_rate_fn))
 
 
 def load_pretrained(state: steps.TrainState,
@@ -120,9 +127,10 @@ def load_pretrained(state: steps.TrainState,
   loaded = dict(params=params, batch_stats=variables['batch_stats'])
   mismatch = checkpoints.first_mismatch(fresh, loaded)
   if mismatch:
-    raise ConfigError(f'config.init_checkpoint={directory!r} does not fit the '
-                      f'configured model: {mismatch}. Set --config.model to '
-                      'the variant it was trained as.')
+    raise errors.ConfigError(
+        f'config.init_checkpoint={directory!r} does not fit the configured '
+        f'model: {mismatch}. Set --config.model to the variant it was '
+        'trained as.')
   loaded = jax.tree.map(jnp.asarray, loaded)
   return state.replace(params=loaded['params'],
                        batch_stats=loaded['batch_stats'],
@@ -137,7 +145,7 @@ def check_workdir_model(workdir: str, step: int, meta: Mapping[str, Any],
   saved_spec = arch.resolve(meta['model'])
   if (network_signature(saved_spec) != network_signature(spec) or
       meta['num_classes'] != num_classes):
-    raise ConfigError(
+    raise errors.ConfigError(
         f'Workdir {workdir!r} holds a checkpoint (step {step}) of '
         f'{saved_spec.name} at {saved_spec.resolution}px with '
         f'{meta["num_classes"]} classes, but the config asks for {spec.name} '
@@ -151,6 +159,81 @@ def network_signature(spec: arch.ArchSpec) -> tuple[Any, ...]:
                  for b in spec.blocks)
   return (spec.family, spec.stem_filters, spec.head_filters, blocks,
           spec.resolution)
+
+
+def saved_meta(config: ml_collections.ConfigDict,
+               mngr: ocp.CheckpointManager) -> tuple[int, Any]:
+  """(step to start from, the meta that fixes the network's input format).
+
+  The meta of the workdir's newest checkpoint when resuming, else that of
+  config.init_checkpoint when fine-tuning, else None.
+  """
+  start_step = mngr.latest_step() or 0
+  if start_step:
+    return start_step, mngr.restore(start_step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))[checkpoints.META]
+  if config.init_checkpoint:
+    return 0, checkpoints.restore_raw(config.init_checkpoint)[1]
+  return 0, None
+
+
+def state_layout(model: models.EfficientNet, tx: optax.GradientTransformation,
+                 init_rng: jax.Array,
+                 mesh: jax.sharding.Mesh) -> tuple[steps.TrainState, Any]:
+  """(abstract state, its shardings): the state replicated over the mesh."""
+  abstract = jax.eval_shape(functools.partial(
+      steps.create_train_state, model=model, tx=tx), init_rng)
+  replicated = sharding.replicated(mesh)
+  return abstract, jax.tree.map(lambda _: replicated, abstract)
+
+
+def initial_state(config: ml_collections.ConfigDict, model: models.EfficientNet,
+                  tx: optax.GradientTransformation, init_rng: jax.Array, *,
+                  mngr: ocp.CheckpointManager, start_step: int,
+                  layout: tuple[steps.TrainState, Any]) -> steps.TrainState:
+  """The replicated state: restored, fine-tuned from a checkpoint, or fresh.
+
+  `layout` is state_layout's (abstract state, shardings).
+  """
+  abstract, shardings = layout
+  if start_step:
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        checkpoint_tree(abstract), checkpoint_tree(shardings))
+    restored = mngr.restore(start_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))[checkpoints.STATE]
+    logging.info('Resumed from %s at step %d.', mngr.directory, start_step)
+    return abstract.replace(**restored)
+  create = functools.partial(steps.create_train_state, model=model, tx=tx)
+  # Initialisation runs once, so compile it for compile speed, not run speed.
+  state = jax.jit(create, out_shardings=shardings).lower(init_rng).compile(
+      compiler_options=steps.RUN_ONCE_COMPILER_OPTIONS)(init_rng)
+  if config.init_checkpoint:
+    state = jax.device_put(load_pretrained(state, config.init_checkpoint),
+                           shardings)
+  return state
+
+
+def checkpoint_meta(config: ml_collections.ConfigDict,
+                    net: network.Network) -> dict[str, Any]:
+  """The `meta` item every checkpoint of this run carries."""
+  return dict(model=config.model.to_dict(), num_classes=net.num_classes,
+              padding=config.model.padding,
+              mean_rgb=list(net.pipeline_args['mean_rgb']),
+              std_rgb=list(net.pipeline_args['std_rgb']),
+              source=f'train.py {config.dataset}')
+
+
+def write_run_files(config: ml_collections.ConfigDict, spec: arch.ArchSpec,
+                    workdir: str) -> None:
+  """config.json and arch_spec.json in the workdir (process 0)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  with open(os.path.join(workdir, 'arch_spec.json'), 'w') as f:
+    json.dump(spec.to_dict(), f, indent=2)
 
 
 @contextlib.contextmanager
@@ -199,88 +282,33 @@ def summarise_train_metrics(history: list[tuple[int, Any]]) -> dict[str, float]:
   return summary
 
 
-def evaluate_variables(eval_fn: Callable[..., dict[str, jax.Array]],
-                       variables: Any, eval_iter: Iterator[Batch],
-                       mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """top1, top5 (fractions), loss (mean) and num_examples over one pass."""
-  totals = None
-  for batch in eval_iter:
-    sums = eval_fn(variables, shard_batch(
-        {k: batch[k] for k in ('image', 'label', 'mask')}, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    raise ConfigError('The eval split yielded no batches; check '
-                      'config.eval_split and config.data_dir.')
-  totals = jax.device_get(totals)
-  count = float(totals['count'])
-  return dict(top1=float(totals['top1']) / count,
-              top5=float(totals['top5']) / count,
-              loss=float(totals['loss']) / count,
-              num_examples=int(round(count)))
+def evaluate_state(state: steps.TrainState, *, eval_fn: Any,
+                   eval_iter: Iterator[Batch],
+                   mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Raw and EMA weights in one pass: 'eval/...' and 'eval_ema/...'."""
+  tree = dict(params=state.params, batch_stats=state.batch_stats,
+              ema_params=state.ema_params,
+              ema_batch_stats=state.ema_batch_stats)
+  variables = {
+      'eval': checkpoints.model_variables(tree, use_ema=False),
+      'eval_ema': checkpoints.model_variables(tree, use_ema=True)}
+  result = eval_lib.evaluate_pass(eval_fn, variables, eval_iter, mesh)
+  return {f'{prefix}/{name}': value
+          for prefix, metrics in result.metrics.items()
+          for name, value in metrics.items()}
 
 
 @dataclasses.dataclass(frozen=True)
-class Setup:
-  """What both train and eval derive from a config and a dataset."""
+class Loop:
+  """What the train loop runs and where it writes; nothing of it changes."""
+  config: ml_collections.ConfigDict
+  plan: Plan
+  workdir: str
   mesh: jax.sharding.Mesh
-  spec: arch.ArchSpec
-  model: models.EfficientNet
-  num_classes: int
-  pipeline_args: dict[str, Any]  # resolution, resize, normalisation.
-
-
-def make_setup(model_config: Mapping[str, Any], num_classes: int,
-               meta: Mapping[str, Any] | None) -> Setup:
-  try:
-    spec = arch.resolve(model_config)
-    model = models.from_config(model_config, num_classes)
-  except ValueError as error:  # An unknown variant, policy, padding...
-    raise ConfigError(f'config.model: {error}') from None
-  mean_rgb, std_rgb = normalisation(spec, meta)
-  return Setup(
-      mesh=create_mesh(), spec=spec, model=model,
-      num_classes=num_classes,
-      pipeline_args=dict(resolution=spec.resolution,
-                         resize_method=spec.resize_method,
-                         mean_rgb=mean_rgb, std_rgb=std_rgb))
-
-
-def state_layout(setup: Setup, tx: optax.GradientTransformation,
-                 init_rng: jax.Array) -> tuple[steps.TrainState, Any]:
-  """(abstract state, its shardings): the state replicated over the mesh."""
-  replicated = jax.sharding.NamedSharding(setup.mesh, P())
-  abstract = jax.eval_shape(functools.partial(
-      steps.create_train_state, model=setup.model, tx=tx), init_rng)
-  return abstract, jax.tree.map(lambda _: replicated, abstract)
-
-
-def initial_state(config: ml_collections.ConfigDict, setup: Setup,
-                  tx: optax.GradientTransformation, init_rng: jax.Array, *,
-                  mngr: ocp.CheckpointManager, start_step: int,
-                  layout: tuple[steps.TrainState, Any]) -> steps.TrainState:
-  """The replicated state: restored, fine-tuned from a checkpoint, or fresh.
-
-  `layout` is state_layout's (abstract state, shardings).
-  """
-  create = functools.partial(steps.create_train_state, model=setup.model,
-                             tx=tx)
-  abstract, shardings = layout
-  if start_step:
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        checkpoint_tree(abstract), checkpoint_tree(shardings))
-    restored = mngr.restore(start_step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))[checkpoints.STATE]
-    logging.info('Resumed from %s at step %d.', mngr.directory, start_step)
-    return abstract.replace(**restored)
-  # Initialisation runs once, so compile it for compile speed (a third less
-  # time for B0 on CPU), not for run speed.
-  state = jax.jit(create, out_shardings=shardings).lower(init_rng).compile(
-      compiler_options=steps.RUN_ONCE_COMPILER_OPTIONS)(init_rng)
-  if config.init_checkpoint:
-    state = jax.device_put(load_pretrained(state, config.init_checkpoint),
-                           shardings)
-  return state
+  jitted: steps.JittedSteps
+  train_rng: jax.Array
+  meta: dict[str, Any]
+  eval_iter_fn: Any  # () -> a fresh eval iterator.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -296,100 +324,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     dict(step=..., preempted=bool, and the last eval metrics).
   """
   data = input_pipeline if data is None else data
-  host_memory.release_after_each_compile()
   workdir = os.path.abspath(workdir)
-  local_batch_size = check_batch_size(config.batch_size, 'batch_size')
-  local_eval_batch_size = check_batch_size(config.eval_batch_size,
-                                           'eval_batch_size')
-  info = data.dataset_info(config)
+  plan = plan_run(config, data)
   mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints,
                              enable_async=True)
-  start_step = mngr.latest_step() or 0
-  resumed_meta = None
+  start_step, meta = saved_meta(config, mngr)
+  net = network.build(config.model, plan.num_classes, meta)
   if start_step:
-    resumed_meta = mngr.restore(start_step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))[checkpoints.META]
-  init_meta = None
-  if config.init_checkpoint and not start_step:
-    _, init_meta = checkpoints.restore_raw(config.init_checkpoint)
-  setup = make_setup(config.model, info.num_classes, resumed_meta or init_meta)
-  if resumed_meta:
-    check_workdir_model(workdir, start_step, resumed_meta, setup.spec,
-                        info.num_classes)
+    check_workdir_model(workdir, start_step, meta, net.spec, net.num_classes)
 
-  steps_per_epoch = info.num_train_examples / config.batch_size  # TPU-MAIN.
-  total_steps = config.num_train_steps
-  if total_steps is None:
-    # TPU-MAIN train_steps: int(epochs * images / batch).
-    total_steps = int(config.num_epochs * steps_per_epoch)
-  eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
-  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch,
-                                                   config.batch_size)
-  tx = optim.create_optimizer(config, learning_rate_fn)
+  mesh = sharding.create_mesh()
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   # The tf.data seeds derive from config.seed inside the input pipeline.
-
-  replicated = jax.sharding.NamedSharding(setup.mesh, P())
-  abstract_state, state_shardings = state_layout(setup, tx, init_rng)
-  data_sharding = jax.sharding.NamedSharding(setup.mesh, P('data'))
-  p_train_step = jax.jit(
-      functools.partial(steps.train_step, learning_rate_fn=learning_rate_fn,
-                        label_smoothing=config.label_smoothing,
-                        ema_decay=config.ema_decay),
-      in_shardings=(state_shardings, data_sharding, replicated),
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=0, compiler_options=steps.step_compiler_options())
+  layout = state_layout(net.model, plan.tx, init_rng, mesh)
+  jitted = steps.jit_steps(
+      net.model, mesh, state_shardings=layout[1],
+      learning_rate_fn=plan.learning_rate_fn,
+      label_smoothing=config.label_smoothing, ema_decay=config.ema_decay)
   train_iter = data.create_train_iter(
-      config, local_batch_size=local_batch_size, start_step=start_step,
-      **setup.pipeline_args)
-  # The train step compiles at its first call, after the state exists:
-  # compiling it in a thread meanwhile saved ~2 s of B0's 35 s to first step
-  # but overlapped two compilations' memory (peak RSS +0.7 GB, more than
-  # the step itself needs).
-  state = initial_state(config, setup, tx, init_rng, mngr=mngr,
-                        start_step=start_step,
-                        layout=(abstract_state, state_shardings))
-  meta = dict(model=config.model.to_dict(), num_classes=info.num_classes,
-              padding=config.model.padding,
-              mean_rgb=list(setup.pipeline_args['mean_rgb']),
-              std_rgb=list(setup.pipeline_args['std_rgb']),
-              source=f'train.py {config.dataset}')
-
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, 'arch_spec.json'), 'w') as f:
-      json.dump(setup.spec.to_dict(), f, indent=2)
+      config, local_batch_size=plan.local_batch_size, start_step=start_step,
+      **net.pipeline_args)
+  # The train step compiles at its first call, after the state exists, so
+  # that the two compilations' memory does not overlap.
+  state = initial_state(config, net.model, plan.tx, init_rng, mngr=mngr,
+                        start_step=start_step, layout=layout)
+  write_run_files(config, net.spec, workdir)
   logging.info('%s: %s parameters, %dpx, %d classes; %d steps of %d images '
-               '(%.2f steps/epoch) on %d devices.', setup.spec.name,
-               f'{models.count_params(state.params):,}', setup.spec.resolution,
-               info.num_classes, total_steps, config.batch_size,
-               steps_per_epoch, jax.device_count())
+               '(%.2f steps/epoch) on %d devices.', net.spec.name,
+               f'{models.count_params(state.params):,}', net.spec.resolution,
+               net.num_classes, plan.total_steps, config.batch_size,
+               plan.steps_per_epoch, jax.device_count())
+  loop = Loop(
+      config=config, plan=plan, workdir=workdir, mesh=mesh, jitted=jitted,
+      train_rng=train_rng, meta=checkpoint_meta(config, net),
+      eval_iter_fn=functools.partial(
+          data.create_eval_iter, config,
+          local_batch_size=plan.local_eval_batch_size, **net.pipeline_args))
+  return train_loop(loop, state, train_iter, mngr=mngr, start_step=start_step)
 
-  p_eval_step = jax.jit(functools.partial(steps.eval_step, setup.model),
-                        out_shardings=replicated,
-                        compiler_options=steps.step_compiler_options())
 
-  def evaluate_both(step):
-    results = {}
-    for prefix, use_ema in (('eval', False), ('eval_ema', True)):
-      variables = checkpoints.model_variables(
-          dict(params=state.params, batch_stats=state.batch_stats,
-               ema_params=state.ema_params,
-               ema_batch_stats=state.ema_batch_stats), use_ema=use_ema)
-      eval_iter = data.create_eval_iter(
-          config, local_batch_size=local_eval_batch_size,
-          **setup.pipeline_args)
-      metrics = evaluate_variables(p_eval_step, variables, eval_iter,
-                                   setup.mesh)
-      results.update({f'{prefix}/{k}': v for k, v in metrics.items()})
-    logging.info('Eval at step %d: top-1 %.4f (EMA %.4f), top-5 %.4f '
-                 '(EMA %.4f) on %d examples.', step, results['eval/top1'],
-                 results['eval_ema/top1'], results['eval/top5'],
-                 results['eval_ema/top5'], results['eval/num_examples'])
-    return results
-
+def train_loop(loop: Loop, state: steps.TrainState, train_iter: Iterator[Batch],
+               *, mngr: ocp.CheckpointManager,
+               start_step: int) -> dict[str, Any]:
+  """Steps from `start_step` to the end; logs, evaluates and saves on time."""
+  config, plan, workdir = loop.config, loop.plan, loop.workdir
+  total_steps = plan.total_steps
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   if not start_step:
@@ -407,8 +386,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with metric_writers.ensure_flushes(writer), mngr, sigterm_flag() as sigterm:
     for step, batch in zip(range(start_step, total_steps), train_iter):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = p_train_step(state, shard_batch(batch, setup.mesh),
-                                      train_rng)
+        state, metrics = loop.jitted.train(
+            state, sharding.shard_batch(batch, loop.mesh), loop.train_rng)
       history.append((step, metrics))
       done = step + 1
       for hook in hooks:
@@ -416,38 +395,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       preempted = sigterm.is_set() or mngr.reached_preemption(done)
       save = preempted or is_time(done, config.checkpoint_every_steps,
                                   total_steps)
-      evaluate = is_time(done, eval_every, total_steps)
+      evaluate = is_time(done, plan.eval_every, total_steps)
       if save or evaluate or is_time(done, config.log_every_steps,
                                      total_steps):
-        try:
-          summary = summarise_train_metrics(history)
-        except FloatingPointError as e:
-          raise FloatingPointError(
-              f'{e} Stopped without saving it; the last good checkpoint is '
-              f'step {mngr.latest_step() or "none"} in {workdir}. Lower '
-              '--config.learning_rate or check the input data.') from None
+        summary = checked_summary(history, mngr, workdir)
         elapsed = time.perf_counter() - interval_start
-        done_steps = done - interval_step
-        summary.update({
-            'perf/steps_per_sec': done_steps / elapsed,
-            'perf/images_per_sec': done_steps * config.batch_size / elapsed,
-            'perf/step_time_ms': 1000 * elapsed / done_steps})
+        summary.update(speed(done - interval_step, elapsed, config.batch_size))
         write_metrics(writer, workdir, done, summary)
-        logging.info('Step %d/%d: loss %.4f, accuracy %.4f, lr %.5f, '
-                     '%.1f images/s.', done, total_steps,
-                     summary['train/loss'], summary['train/accuracy'],
-                     summary['train/learning_rate'],
-                     summary['perf/images_per_sec'])
+        log_progress(done, total_steps, summary)
         history = []
       if evaluate:
         with report.timed('eval'):
-          eval_results = evaluate_both(done)
+          eval_results = evaluate_state(state, eval_fn=loop.jitted.eval,
+                                        eval_iter=loop.eval_iter_fn(),
+                                        mesh=loop.mesh)
+        log_eval(done, eval_results)
         write_metrics(writer, workdir, done, eval_results)
         results.update(eval_results)
       if save:
         mngr.save(done, args=ocp.args.Composite(
             state=ocp.args.StandardSave(checkpoint_tree(state)),
-            meta=ocp.args.JsonSave(meta)))
+            meta=ocp.args.JsonSave(loop.meta)))
       results['step'] = done
       if save or evaluate:
         # Keep eval and checkpoint time out of the next interval's speed.
@@ -464,6 +432,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  '%s; checkpoint: %s (step %d).', workdir, workdir,
                  os.path.join(workdir, METRICS_FILE), workdir, results['step'])
   return results
+
+
+def checked_summary(history: list[tuple[int, Any]],
+                    mngr: ocp.CheckpointManager,
+                    workdir: str) -> dict[str, float]:
+  """summarise_train_metrics, naming the last good checkpoint on NaN/inf."""
+  try:
+    return summarise_train_metrics(history)
+  except FloatingPointError as e:
+    raise FloatingPointError(
+        f'{e} Stopped without saving it; the last good checkpoint is '
+        f'step {mngr.latest_step() or "none"} in {workdir}. Lower '
+        '--config.learning_rate or check the input data.') from None
+
+
+def speed(num_steps: int, seconds: float, batch_size: int) -> dict[str, float]:
+  """The perf/ scalars of an interval of `num_steps` global batches."""
+  return {'perf/steps_per_sec': num_steps / seconds,
+          'perf/images_per_sec': num_steps * batch_size / seconds,
+          'perf/step_time_ms': 1000 * seconds / num_steps}
+
+
+def log_progress(step: int, total_steps: int,
+                 summary: Mapping[str, float]) -> None:
+  logging.info('Step %d/%d: loss %.4f, accuracy %.4f, lr %.5f, '
+               '%.1f images/s.', step, total_steps, summary['train/loss'],
+               summary['train/accuracy'], summary['train/learning_rate'],
+               summary['perf/images_per_sec'])
+
+
+def log_eval(step: int, results: Mapping[str, float]) -> None:
+  logging.info('Eval at step %d: top-1 %.4f (EMA %.4f), top-5 %.4f '
+               '(EMA %.4f) on %d examples.', step, results['eval/top1'],
+               results['eval_ema/top1'], results['eval/top5'],
+               results['eval_ema/top5'], results['eval/num_examples'])
 
 
 def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
 from efficientnet_jax import layers
 from efficientnet_jax import models
+from tests import tiny
 
 # docs/reference.md §3 and §4.1: trainable parameters with 1000 classes (TF official =
 # timm = Keras "trainable"); BN moving statistics are not parameters.
@@ -391,6 +393,41 @@ class ApiTest(absltest.TestCase):
     model, variables = tiny_model(include_top=False), tiny_variables()
     with self.assertRaisesRegex(ValueError, 'divisible by 32'):
       model.apply(variables, jnp.zeros((1, 40, 64, 3)), train=False)
+
+
+def test_drop_path_off_at_eval_and_rescales_kept_paths_at_train():
+  spec = arch.resolve(tiny.tiny_config().model)
+  block = next(b for b in spec.blocks if b.has_skip)
+  conv = functools.partial(nn.Conv, use_bias=False)
+  norm = layers.BatchNorm
+  depthwise = layers.DepthwiseConv
+
+  def run(rate, train, rng):
+    module = models.MBConv(dataclasses.replace(block, drop_path_rate=rate),
+                           conv, depthwise, norm, nn.swish)
+    x = jax.random.normal(jax.random.key(7), (16, 8, 8, block.in_filters))
+    variables = module.init(jax.random.key(0), x, train=False)
+    out = module.apply(variables, x, train=train, rngs={'dropout': rng},
+                       mutable=['batch_stats'])
+    return x, out[0]
+
+  x, eval_a = run(0.5, False, jax.random.key(1))
+  _, eval_b = run(0.5, False, jax.random.key(2))
+  _, eval_none = run(0.0, False, jax.random.key(1))
+  np.testing.assert_array_equal(eval_a, eval_b)
+  np.testing.assert_array_equal(eval_a, eval_none)
+
+  _, full = run(0.0, True, jax.random.key(3))
+  _, dropped = run(0.5, True, jax.random.key(3))
+  branch = np.asarray(full - x)
+  kept = 0
+  for i in range(x.shape[0]):
+    if np.allclose(dropped[i], x[i]):
+      continue  # Branch dropped: identity only.
+    np.testing.assert_allclose(dropped[i], x[i] + branch[i] / 0.5, rtol=1e-4,
+                               atol=1e-4)
+    kept += 1
+  assert 0 < kept < x.shape[0]
 
 
 if __name__ == '__main__':
