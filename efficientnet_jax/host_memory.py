@@ -1,20 +1,18 @@
 """How XLA:CPU's host memory is held: freed after compiles, kept across steps.
 
-Two opposite fixes to glibc's defaults, each measured on B0's train step
-(batch 32, 224 px, benchmarks/throughput.py). No library does either for us:
+Two opposite fixes to glibc's defaults; docs/cpu_kernels.md ("Host memory")
+has their measurements on B0's train step. No library does either for us:
 jax exposes the compile event and the dispatch switch, glibc the calls.
 
 - After compiling, glibc keeps the memory LLVM freed in its heap, resident but
-  unused (1.2 GB); `malloc_trim` after every backend compilation took the
-  process's peak from 5.7 GB to 4.6 GB (`release_after_each_compile`).
-- Every execution allocates its temporaries afresh (2.8 GB then, for B0 at
-  32x224 without recomputation; 1.1 GB recomputing all of MBConv's
-  activations; 1.5 GB with the default 'project' policy and layers.swish).
-  From the asynchronous dispatcher's worker thread glibc serves that from a
-  new mmap and unmaps it on free, so each step faulted in 720,000 zeroed
-  pages: 1.3 s of kernel time in a 2.4 s step. Executed on the calling
-  thread, from glibc's main heap with mmap and trimming off, the pages stay
-  mapped for the next step: 1.5 s, the same peak (`reuse_execution_memory`).
+  unused, which adds to the process's peak; `malloc_trim` after every backend
+  compilation hands it back (`release_after_each_compile`).
+- Every execution allocates its temporaries afresh. From the asynchronous
+  dispatcher's worker thread glibc serves them from a new mmap and unmaps it
+  on free, so each step faults in every page of its temporaries again, zeroed
+  by the kernel. Executed on the calling thread, from glibc's main heap with
+  mmap and trimming off, the pages stay mapped for the next step at the same
+  peak (`reuse_execution_memory`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """The layers EfficientNet needs beyond what flax.linen gives.
 
-Each exists because flax's own version misses something the reference needs:
+Each exists because flax's own version misses something the reference needs
+(docs/cpu_kernels.md measures each CPU kernel):
 - `Conv`: flax's Conv with 1x1 stride-1 kernels run as one matrix product,
-  which XLA:CPU executes ~4x faster than the same convolution, with a
+  which XLA:CPU executes faster than its generic convolution path, with a
   hand-written gradient that keeps XLA from fusing into a slow transpose;
   on CPU the few-channel stem as broadcast multiply-adds of its patches.
 - `DepthwiseConv`: TF padding semantics chosen per call ('same' or timm's
   symmetric), TF's depthwise init, and a shifted multiply-add formulation for
-  XLA:CPU, whose grouped convolution is ~15x slower (see `depthwise_shifted`),
-  with a hand-written gradient (autodiff of the shifts runs ~5x the forward).
+  XLA:CPU, whose grouped convolution is a slow generic loop (see
+  `depthwise_shifted`), with a hand-written gradient.
 - `BatchNorm`: optional per-group statistics (the official TPU recipe's
   grouped cross-replica BN) on top of flax's parameter names and semantics;
   it can return its folded `Affine` instead of applying it.
@@ -99,10 +100,12 @@ def depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int,
                       pads: Sequence[tuple[int, int]]) -> jax.Array:
   """Depthwise conv as kh*kw strided slices times per-channel weights.
 
-  XLA:CPU lowers grouped convolutions to a slow generic loop (2156 ms vs 144 ms
-  for a 32x112x112x96 3x3 layer, measured in the developers' brief); the
-  shifted multiply-add fuses into one elementwise loop. Its gradient is written
-  by hand (`_shifted_bwd`) because autodiff of the slices runs ~5x the forward.
+  XLA:CPU lowers grouped convolutions to a slow generic loop; the shifted
+  multiply-add fuses into one elementwise loop. Its gradient is written by
+  hand (`_shifted_bwd`): autodiff turns each of the kh*kw slices into a pad
+  of the gradient to the input's full size and sums those, which runs
+  several times as long as the forward (docs/cpu_kernels.md, "Depthwise
+  convolution").
 
   Args:
     x: (N, H, W, C) input.
@@ -121,10 +124,10 @@ def _padded(x: jax.Array, pads: Sequence[tuple[int, int]]) -> jax.Array:
 
   Without the barrier XLA rewrites the taps whose windows miss the padding as
   slices of x itself. x (the activation before the conv) then has a second
-  consumer, so XLA writes its sigmoid out once more for it: B0's stride-1
-  blocks ran 15-20% slower (32x56x56x144, 3x3, inference: 27.3 vs 21.5 ms).
-  (The algebraic simplifier runs before XLA:CPU expands barriers; fusion,
-  which runs after, still sees through it.)
+  consumer, so XLA writes its sigmoid out once more for it, an extra pass
+  over the block's largest tensor (docs/cpu_kernels.md, "Depthwise
+  convolution"). (The algebraic simplifier runs before XLA:CPU expands
+  barriers; fusion, which runs after, still sees through it.)
   """
   return jax.lax.optimization_barrier(jnp.pad(x, [(0, 0), *pads, (0, 0)]))
 
@@ -192,9 +195,9 @@ def _phase_input_grad(grad_padded, kernel, stride, plans, x_hw):
   small stride-1 correlation and the phases interleave into dx. Correlating
   the stride-dilated gradient with the whole flipped kernel instead spends
   (stride^2 - 1)/stride^2 of its multiply-adds on the dilation's zeros and
-  writes the dilated gradient out first: B0's 32x56x56x144 5x5 stride-2
-  layer, with the activation's gradient after it, 22.4 -> 11.8 ms. At stride
-  1 there is one phase, the plain correlation with the flipped kernel.
+  writes the dilated gradient out first (docs/cpu_kernels.md, "Depthwise
+  convolution"). At stride 1 there is one phase, the plain correlation with
+  the flipped kernel.
   """
   plan_h, plan_w = plans
   batch, channels = grad_padded.shape[0], grad_padded.shape[3]
@@ -232,8 +235,9 @@ def _shifted_kernel_grad(padded, grad_out, kernel, stride,
   output gradient need not exist unpadded as well.
 
   Summed in float32 over batch chunks of about `chunk_bytes` (a core's L2),
-  so that a chunk stays in cache while every tap reads it (3.4x faster than
-  one pass per tap over the whole batch for a 32x112x112x96 layer).
+  so that a chunk stays in cache while every tap reads it, rather than each
+  tap streaming the whole batch from memory (docs/cpu_kernels.md, "Depthwise
+  convolution").
   """
   kh, kw = kernel.shape[:2]
   batch, _, _, channels = padded.shape
@@ -273,7 +277,8 @@ def batch_chunk(batch: int, per_example_bytes: int, budget_bytes: int) -> int:
 def map_batch_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
                      chunk: int) -> jax.Array:
   """fn of consecutive chunks of x's examples, one chunk after the other
-  (a loop, not a vmap), concatenated: for fn whose examples are independent."""
+  (a loop, not a vmap), concatenated: for fn whose examples are independent
+  (docs/cpu_kernels.md, "Inference on batch chunks")."""
   if chunk >= x.shape[0]:
     return fn(x)
   chunks = x.reshape(x.shape[0] // chunk, chunk, *x.shape[1:])
@@ -287,9 +292,9 @@ def _sum_together(arrays: Sequence[jax.Array],
 
   XLA:CPU hands separate sums to YNNPACK, each reading a materialised
   product; one variadic reduce is a single fused loop over the shared
-  inputs. For the kernel gradient of a stride-1 depthwise layer this halves
-  the time (32x28x28x240, 5x5: 30 -> 15 ms); strided windows are faster as
-  separate sums (32x112x112x96, 3x3, stride 2: 24 vs 41 ms).
+  inputs. The kernel gradient uses it for stride-1 windows only; strided
+  windows are faster as separate sums (docs/cpu_kernels.md, "Depthwise
+  convolution").
   """
   zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
   return jax.lax.reduce(
@@ -345,9 +350,10 @@ def recompute_in_backward(fn: Callable[..., jax.Array], *args: Any
 
   jax.checkpoint does the same, but XLA:CPU schedules its recomputation as
   soon as the stored inputs exist, at the start of the backward pass, so
-  every recomputed tensor is live at once (B0 train step temporaries 2817 ->
-  3986 MiB). Making the stored inputs depend on the incoming gradient holds
-  each recomputation back until its layer's backward runs.
+  every recomputed tensor is live at once and the peak exceeds that of not
+  recomputing at all. Making the stored inputs depend on the incoming
+  gradient holds each recomputation back until its layer's backward runs
+  (docs/cpu_kernels.md, "Recompute in the backward pass").
   """
   return fn(*args)
 
@@ -382,12 +388,11 @@ class Conv(nn.Conv):
 
   Same parameters (name, (1, 1, in, out) shape, init) and the same result up
   to float summation order. XLA:CPU runs a 1x1 convolution through its generic
-  convolution path, ~4x slower forward and ~1.8x slower with gradients than
-  the equal dot over channels for a 8x112x112x96 -> 24 layer (measured for
-  issue 6, benchmarks/throughput.py); a dot also fuses the surrounding
-  elementwise ops better. On CPU, a conv over at most `PATCHES_MAX_CHANNELS`
-  input channels with explicit padding (the stem) runs as `patches_dot`.
-  Anything else goes to flax.
+  convolution path, slower forward and backward than the equal dot over
+  channels, which also fuses the surrounding elementwise ops better
+  (docs/cpu_kernels.md, "1x1 convolution as a dot"). On CPU, a conv over at
+  most `PATCHES_MAX_CHANNELS` input channels with explicit padding (the stem)
+  runs as `patches_dot`. Anything else goes to flax.
   """
 
   @nn.compact
@@ -415,8 +420,9 @@ class Conv(nn.Conv):
 
 
 # Input channels up to which `Conv` runs as `patches_dot` on CPU: XLA:CPU's
-# convolution runs B0's 3 -> 32 stem at 1.8 GB/s (40 ms forward, batch 32 at
-# 224 px), the multiply-adds of its patches in 9 ms.
+# convolution runs B0's 3 -> 32 stem far below memory bandwidth, the
+# multiply-adds of its patches several times faster (docs/cpu_kernels.md,
+# "Stem").
 PATCHES_MAX_CHANNELS = 4
 
 
@@ -446,11 +452,10 @@ def patches_dot(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   """The (kh, kw, C_in, C_out) convolution of x, for few input channels.
 
   The forward is kh * kw * C_in broadcast multiply-adds of strided input
-  windows: one elementwise loop that fuses with the batch norm after it.
-  YNNPACK's matrix product over the 27 patch values of B0's stem took 21 ms
-  alone at batch 32 (38 ms, 18 GFLOP/s, inside the model), these 9 ms
-  alone. The kernel gradient contracts the patches and the output gradient
-  over one flattened pixel axis (22 vs 24 ms for the conv's).
+  windows: one elementwise loop that fuses with the batch norm after it, and
+  faster than YNNPACK's matrix product over the patches (27 values for B0's
+  stem). The kernel gradient contracts the patches and the output gradient
+  over one flattened pixel axis (docs/cpu_kernels.md, "Stem").
   """
   del precision  # Summed in float32, as a product's accumulator would be.
   windows = _patch_windows(x.astype(jnp.float32), kernel.shape[:2], strides,
@@ -495,9 +500,8 @@ def pointwise_dot(x: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
   The gradient materialises its inputs before the kernel-gradient product
   (x^T dy, which needs one operand transposed): left to itself, XLA:CPU fuses
   the batch-norm backward or SE scaling that produces them into that
-  transpose and runs the fused loop in transposed order (431 ms instead of
-  ~100 ms for B0's 32x112x112x96 expand layer); B0's train step at batch 32,
-  224 px went from 4.5 s to 3.3 s.
+  transpose and runs the fused loop in transposed order, striding through
+  memory (docs/cpu_kernels.md, "1x1 convolution as a dot").
   """
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
                              precision=precision)
@@ -515,8 +519,7 @@ def _pointwise_bwd(precision, residuals, grad_out):
                                                   ((), ())),
                                precision=precision)
   # Pixels flattened to one contracting axis: contracting N, H and W as
-  # three axes, XLA:CPU copies x into a transposed layout first (B0 32x56x56
-  # x144 -> 24: 15.0 vs 8.2 ms).
+  # three axes, XLA:CPU copies x into a transposed layout first.
   grad_kernel = jax.lax.dot_general(
       x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1]),
       (((0,), (0,)), ((), ())), precision=precision)
@@ -583,7 +586,7 @@ class BatchNorm(nn.Module):
     # over the (groups of) examples and pixels of x as it is, not flattened
     # to (groups, pixels, C): XLA:CPU then computes a producer such as a
     # depthwise conv once for all its consumers instead of again for each
-    # reshaped view of it (B0 train step temporaries 2576 -> 1893 MiB).
+    # reshaped view of it (docs/cpu_kernels.md, "Batch-norm statistics").
     grouped = _split_batch(x.astype(jnp.float32), groups)
     axes = tuple(range(1, grouped.ndim - 1))
     mean = jnp.mean(grouped, axis=axes)
@@ -637,7 +640,8 @@ def swish(x: jax.Array) -> jax.Array:
   out as a second tensor the size of x; here the backward recomputes the
   derivative inside the loop that applies the gradient (x itself is usually
   a batch-norm affine of a kept conv output, which XLA recomputes there too).
-  B0 train step at 32x224: temporaries 1999 -> 1536 MiB, time unchanged.
+  A train step then holds one activation-sized tensor less per swish
+  (docs/cpu_kernels.md, "Swish").
   """
   return nn.swish(x)
 

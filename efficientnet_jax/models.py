@@ -64,18 +64,16 @@ class MBConv(nn.Module):
     output to the projection (batch norm, activation, squeeze-excite); the
     depthwise stage keeps what autodiff keeps;
   - 'none': autodiff keeps everything.
-  B0 train step at batch 32, 224 px, fp32 (benchmarks/throughput.py, medians
-  of 2 alternating rounds, with a per-stage switch before it became this
-  option and before layers.swish): 21.0, 25.1 and 26.4 img/s, peak RSS 2011,
-  2847 and 3651 MiB. Recomputing the depthwise stage alone (23.9 img/s,
-  2743 MiB) costs more time than the projection stage for little memory.
+  'project' is the default: the projection stage's elementwise ops are cheap
+  to rerun for the memory they free, while recomputing the depthwise stage
+  costs more time than the projection stage for little memory
+  (docs/cpu_kernels.md, "Recompute in the backward pass").
 
   Only stages whose input takes at least `recompute_min_bytes` per example
   are recomputed. The large maps hold most of the memory, while the small
   ones cost the most time per byte to recompute: at 7-28 px an op's fixed
   cost outweighs its work. With B0's 1 MiB default only the three blocks at
-  56-112 px recompute at 224 px (train temporaries 1535 -> 1816 MiB, paired
-  median step 1.447 -> 1.389 s), and none at 128 px (0.997 -> 0.881 s).
+  56-112 px recompute at 224 px, and none at 128 px.
 
   In inference, with `inference_chunk_bytes`, the block runs on chunks of
   the batch in turn, each chunk's expanded activation (mid_filters at the
@@ -314,12 +312,10 @@ def recompute_policy(recompute: str | bool) -> str:
 def default_inference_chunk_bytes() -> int:
   """6 MB chunks on CPU, whole batches elsewhere.
 
-  On this project's 2-core dev machine (1 MB L2 per core, 32 MB L3), B0
-  inference at batch 32, 224 px took 234 ms per batch (median of 18
-  alternating runs) with 6 MB chunks, 241 with 4 MB, 242 with 8 MB and 270
-  with whole batches (benchmarks/throughput.py, against
-  `ours:model.inference_chunk_bytes=0`: 240 vs 300 ms). A chunk's
-  intermediates then fit in L3 together.
+  With 6 MB chunks a block's intermediates for one chunk fit the 32 MB L3 of
+  this project's 2-core dev machine together, so each op reads the previous
+  op's output from cache rather than memory (docs/cpu_kernels.md, "Inference
+  on batch chunks").
   """
   return 6 << 20 if jax.default_backend() == 'cpu' else 0
 

@@ -19,12 +19,6 @@ from absl import flags
 from efficientnet_jax import arch
 from efficientnet_jax import models
 
-_JSON = flags.DEFINE_bool('json', False, 'Print the rows as one JSON list.')
-_PLOT = flags.DEFINE_string('plot', None,
-                            'Also write a PNG of params and MACs against phi.')
-_VARIANTS = flags.DEFINE_list('variants', list(arch.PRESETS),
-                              'Variants to list.')
-
 # Paper Table 2 (#Params, FLOPs = multiply-adds) and, for Lite, TPU-LITE's
 # README (Params, MAdds). docs/reference.md §3 and §4.1.
 PUBLISHED = {
@@ -125,12 +119,25 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str) -> None:
   figure.savefig(path, dpi=110)
 
 
+def define_flags() -> None:
+  """Defines the command line's flags in absl's global registry.
+
+  Called by the entry point only, so that importing this module (as the
+  tests and notebooks do) registers no process-wide flags.
+  """
+  flags.DEFINE_bool('json', False, 'Print the rows as one JSON list.')
+  flags.DEFINE_string('plot', None,
+                      'Also write a PNG of params and MACs against phi.')
+  flags.DEFINE_list('variants', list(arch.PRESETS), 'Variants to list.')
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
-  rows = [preset_row(variant) for variant in _VARIANTS.value]
-  if _PLOT.value:
-    plot_scaling(rows, _PLOT.value)
-  if _JSON.value:
+  options = flags.FLAGS
+  rows = [preset_row(variant) for variant in options.variants]
+  if options.plot:
+    plot_scaling(rows, options.plot)
+  if options.json:
     print(json.dumps(rows, indent=None))
     return
   print(format_table(rows))
@@ -139,9 +146,10 @@ def main(argv: Sequence[str]) -> None:
         '(log(c)/log(alpha|beta|gamma)); the presets are a hand-made table, '
         'not one phi. ours/paper: our multiply-add count over the paper\'s '
         'rounded figure (B4/B5 sit ~5% above it).')
-  if _PLOT.value:
-    print(f'wrote {_PLOT.value}')
+  if options.plot:
+    print(f'wrote {options.plot}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
