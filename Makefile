@@ -1,6 +1,7 @@
 # Two entry points for a fresh clone: `make demo` (the offline main job) and
-# `make test` (the suite). Both create .venv and (re)install requirements.txt
-# when it is missing or older than requirements.txt.
+# `make test` (the linter, then the suite, printing its 15 slowest tests).
+# Both create .venv and (re)install requirements.txt when it is missing or
+# older than requirements.txt.
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -22,7 +23,8 @@ demo: $(STAMP)
 	$(PY) eval.py --config=configs/demo.py --checkpoint=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 summary: $(STAMP)
 	$(PY) -m efficientnet_jax.summary

@@ -1,6 +1,9 @@
 """Every recipe loads with every variant argument and holds the reference numbers."""
 
-import ml_collections
+import os
+import subprocess
+import sys
+
 import pytest
 
 from configs import demo
@@ -8,6 +11,7 @@ from configs import finetune
 from configs import imagenet
 from efficientnet_jax import arch
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = [*arch.PRESETS, 'phi=0', 'phi=2.5', 'lite-phi=1']
 # Fields the input pipeline reads (efficientnet_jax/input_pipeline.py) and the
 # training loop reads (efficientnet_jax/train_lib.py, optim.py): every recipe
@@ -96,4 +100,17 @@ def test_finetune_rejects_unknown_dataset():
   config = finetune.get_config('b3,oxford_flowers102')
   assert (config.train_split, config.eval_split) == ('train+validation', 'test')
   assert config.model.variant == 'b3'
-  assert isinstance(config, ml_collections.ConfigDict)
+  assert config.num_epochs == finetune.DATASETS['oxford_flowers102'][2]
+
+
+def test_configs_load_without_jax():
+  # configs/ and arch.py are pure Python: loading every recipe imports
+  # neither jax nor TensorFlow (the package's __init__ is lazy).
+  code = ('import sys; from configs import demo, finetune, imagenet; '
+          'imagenet.get_config("b3"); finetune.get_config("b0,cifar10"); '
+          'demo.get_config(); print(sorted(m for m in ("jax", "flax", '
+          '"orbax", "tensorflow") if m in sys.modules))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == '[]'
+

@@ -374,13 +374,18 @@ class ApiTest(absltest.TestCase):
         eval_fn(loaded_model)(loaded, raw),
         eval_fn(model)(variables, raw / 127.5 - 1), atol=1e-5)
 
-  def test_unknown_variant(self):
-    with self.assertRaisesRegex(ValueError, "Unknown EfficientNet variant"):
-      efficientnet_jax.create_model('efficientnet-b0')
-
-  def test_negative_phi(self):
-    with self.assertRaisesRegex(ValueError, 'phi must be >= 0'):
-      efficientnet_jax.create_model('phi=-0.5')
+  def test_create_model_takes_every_module_option(self):
+    # The variant errors themselves are arch_test's (create_model passes
+    # arch's ValueError through); here the options create_model forwards.
+    model, _ = efficientnet_jax.create_model(
+        'b0', num_classes=10, resolution=32, recompute_min_bytes=0,
+        recompute='all', inference_chunk_bytes=0, padding='symmetric')
+    self.assertEqual((model.recompute_min_bytes, model.recompute,
+                      model.inference_chunk_bytes, model.padding),
+                     (0, 'all', 0, 'symmetric'))
+    with self.assertRaisesRegex(ValueError, r"Unknown model option\(s\) "
+                                r"\['recompute_bytes'\]"):
+      efficientnet_jax.create_model('b0', recompute_bytes=0)
 
   def test_wrong_channel_count(self):
     model, variables = tiny_model(), tiny_variables()

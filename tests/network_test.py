@@ -3,7 +3,6 @@
 import pytest
 
 from configs import imagenet
-from efficientnet_jax import arch
 from efficientnet_jax import errors
 from efficientnet_jax import network
 

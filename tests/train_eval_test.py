@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from efficientnet_jax import checkpoints
-from efficientnet_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ('--config.model.phi=1.0', '--config.model.alpha=0.01',
@@ -140,15 +139,6 @@ def test_unknown_config_field_is_one_clear_line(env, tmp_path):
           'config.model has: alpha, beta, bn_group_size,') in message, (
               result.stderr[-2000:])
   assert not os.listdir(tmp_path)
-
-
-def test_unknown_top_level_field_message():
-  argv = ['train.py', f'--config={ROOT}/configs/demo.py',
-          '--config.batch_sise=8']
-  message = cli.unknown_field_message(argv, AttributeError('"\'batch_sise\'"'))
-  assert message.startswith('Unknown config field config.batch_sise in '
-                            '--config.batch_sise; config has: augment, '
-                            'batch_size, checkpoint_every_steps,'), message
 
 
 def test_sigterm_saves_and_exits_for_resumption(tmp_path, data_dir, env):

@@ -61,7 +61,7 @@ def network_layers(spec: arch.ArchSpec) -> list[Layer]:
   layers = [Layer('stem_conv', 'conv', ('stem_conv',)),
             Layer('stem_bn', 'bn', ('stem_bn',))]
   for number, block in enumerate(spec.blocks):
-    def layer(role, kind, *module):
+    def layer(role, kind, *module, block=block, number=number):
       return Layer(role, kind, (block.name, *module), block, number)
     if block.expand_ratio != 1:
       layers += [layer('expand_conv', 'conv', 'expand_conv'),
