@@ -36,7 +36,13 @@ def main(argv):
   with cli.sigterm_before_training(_WORKDIR.value):
     cli.setup_devices(_DISTRIBUTED.value)
     # Imported here so that a refused config costs no TensorFlow/jax import.
-    from efficientnet_jax import train_lib  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from efficientnet_jax import checkpoints
+    from efficientnet_jax import train_lib
+    # pylint: enable=g-import-not-at-top
+    # Damaged newest steps are set aside (saying so): resume from the newest
+    # intact one.
+    checkpoints.prepare_resume(_WORKDIR.value)
     results = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if results['preempted']:
     sys.exit(cli.EXIT_PREEMPTED)  # Not finished; rerun to resume.

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -75,11 +76,16 @@ def latest_step(directory: str) -> int | None:
 
 
 def check_directory(directory: str) -> None:
-  """Raises FileNotFoundError (one line) unless `directory` holds a step."""
+  """Raises FileNotFoundError (one line) unless `directory` holds a step.
+
+  Reads the listing only (no orbax, no jax backend): orbax renames a step's
+  temporary directory to its bare number once the step is complete.
+  """
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'No checkpoint directory at {directory!r}; pass '
                             'a train.py workdir or a convert --output.')
-  if latest_step(directory) is None:
+  if not any(name.isdigit() and os.path.isdir(os.path.join(directory, name))
+             for name in os.listdir(directory)):
     raise FileNotFoundError(f'{directory!r} holds no complete checkpoint '
                             'step; train or convert into it first.')
 
@@ -218,9 +224,11 @@ def prepare_resume(directory: str) -> int | None:
                 os.path.join(directory, f'{DAMAGED_PREFIX}{bad}'))
     logging.warning(
         'Set aside damaged checkpoint step(s) %s in %s as %s; resuming from '
-        '%s.', damaged, directory,
-        ', '.join(f'{DAMAGED_PREFIX}{b}' for b in damaged),
-        f'step {step}' if step is not None else 'scratch')
+        'step %s, the newest intact one.', damaged, directory,
+        ', '.join(f'{DAMAGED_PREFIX}{b}' for b in damaged), step)
+  if damaged and jax.process_count() > 1:
+    # Every process sees the renamed steps before its manager lists them.
+    multihost_utils.sync_global_devices('checkpoints.prepare_resume')
   return step
 
 
