@@ -129,11 +129,12 @@ def unknown_field_message(argv: Sequence[str], error: Exception) -> str:
         return (f'Unknown config field {".".join(["config", *path[:depth + 1]])}'
                 f' in {flag}; {parent} has: {", ".join(valid)}{hint}.')
       section = section[key]
-  # The field could not be found from the command line: quote the error.
-  text = str(error)
-  name = re.search(r"""Key "([^"]+)"|'([^'\\"]+)'""", text)
-  name = next((g for g in name.groups() if g), text) if name else text
-  close = re.search(r'Did you mean "([^"]+)"', text)
+  # The field could not be found from the command line: read the error.
+  text = str(error).replace('\\', '')
+  name = (re.search(r'instead of "(\w+)"', text) or
+          re.search(r'Key "(\w+)"', text) or re.search(r"'(\w+)'", text))
+  name = name.group(1) if name else one_line(text)
+  close = re.search(r'Did you mean "(\w+)"', text)
   hint = f' (did you mean {close.group(1)}?)' if close else ''
   return f'Unknown config field {name!r}{hint}.'
 
@@ -142,7 +143,7 @@ def flag_error_message(error: flags.Error) -> str:
   """absl's flag error, without the config loader's embedded traceback."""
   text = str(error)
   if 'Traceback (most recent call last)' in text:
-    head = text.split(':', 1)[0]  # 'flag --config=configs/x.py:arg'.
+    head = text.split(': Error whilst', 1)[0]  # 'flag --config=x.py:arg'.
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return f'{head}: {lines[-1].strip()}'
   return text
