@@ -24,7 +24,7 @@ from tests import tiny
 def recipe(steps: int):
   """The tiny network with dropout and drop-path on (blocks with skips)."""
   config = tiny.tiny_config(num_train_steps=steps, log_every_steps=1,
-                            checkpoint_every_steps=2, eval_every_epochs=0.0)
+                            checkpoint_every_steps=0, eval_every_epochs=0.0)
   config.model.alpha = 0.5  # Two blocks in stages 4-6: residuals to drop.
   config.model.dropout_rate = 0.3
   config.model.drop_path_rate = 0.3
