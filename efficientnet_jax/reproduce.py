@@ -103,6 +103,9 @@ NAME_SUFFIXES = {'baseline': '-baseline', 'aa': '-aa', 'ra': '-ra',
                  'advprop': '-advprop', 'ns': '-ns', 'lite': '', 'edgetpu': '',
                  'v2': '', 'v2-21k-ft1k': '-21k-ft1k'}
 NOT_YET = 'not yet: needs the checkpoint and ImageNet validation'
+# The README's copy of table.md sits between these lines.
+README_BEGIN = '<!-- generated:reproduce-table (python -m efficientnet_jax.reproduce) -->'
+README_END = '<!-- /generated:reproduce-table -->'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,10 +338,15 @@ def table_rows(found: dict[str, tuple[Row, str]], output: str
 
 
 def render_markdown(entries: Sequence[dict[str, Any]]) -> str:
-  """The table as Markdown: one line per row."""
+  """The table as Markdown: one line per row.
+
+  The last column is the official tarball, relative to BUCKET ($G in the
+  README), for the rows that have one.
+  """
   lines = [
-      '| Checkpoint | Training | Resolution | Published top-1 | Ours | Δ |',
-      '|---|---|---|---|---|---|']
+      '| Checkpoint | Training | Resolution | Published top-1 | Ours | Δ | '
+      'Tarball ($G/…) |',
+      '|---|---|---|---|---|---|---|']
   for entry in entries:
     name = entry['name']
     if entry['source'] != 'tf':
@@ -350,8 +358,12 @@ def render_markdown(entries: Sequence[dict[str, Any]]) -> str:
       if entry['state'] != 'measured':
         ours += f' ({entry["state"]})'
       difference = f'{entry["difference"]:+.2f}'
+    tarball = entry['download'] or ''
+    if tarball:
+      tarball = f'`{tarball.removeprefix(BUCKET + "/")}`'
     lines.append(f'| {name} | {entry["training"]} | {entry["resolution"]} | '
-                 f'{entry["published_top1"]:g} | {ours} | {difference} |')
+                 f'{entry["published_top1"]:g} | {ours} | {difference} | '
+                 f'{tarball} |')
   return '\n'.join(lines) + '\n'
 
 
