@@ -164,7 +164,11 @@ def _normalisation_name(mean_rgb, std_rgb) -> str:
 
 def _network_words(spec: arch.ArchSpec, mean_rgb, std_rgb,
                    padding: str) -> dict[str, str]:
-  return dict(network=spec.name, resolution=f'{spec.resolution}px',
+  name = spec.name
+  if spec.phi is not None:  # The rule's name does not say alpha and beta.
+    name += (f' (width {spec.width_coefficient:.4g}, depth '
+             f'{spec.depth_coefficient:.4g})')
+  return dict(network=name, resolution=f'{spec.resolution}px',
               normalisation=_normalisation_name(mean_rgb, std_rgb),
               padding=f'{padding} padding')
 
