@@ -295,6 +295,14 @@ def _write_json(path: str, value: Any) -> None:
   os.replace(temporary, path)
 
 
+def _finished(result_path: str) -> bool:
+  """A row is done when its result is written without an error."""
+  if not os.path.exists(result_path):
+    return False
+  with open(result_path) as f:
+    return 'error' not in json.load(f)
+
+
 def _one_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f'{type(error).__name__}: {text[0] if text else ""}'
@@ -398,7 +406,8 @@ def reproduce(checkpoints_dir: str, output: str, *, data_dir: str | None,
   """Converts, scores and tabulates every published checkpoint found.
 
   Rows whose result file exists are not scored again; a row that fails
-  records its one-line error (delete OUTPUT/results/NAME.json to retry).
+  records its one-line error in its result file and is retried by the next
+  run. A dataset that is not prepared stops the run before any conversion.
 
   Args:
     checkpoints_dir: the downloaded checkpoints (see the module docstring).
@@ -413,6 +422,11 @@ def reproduce(checkpoints_dir: str, output: str, *, data_dir: str | None,
 
   Returns:
     The table entries (as in table.json).
+
+  Raises:
+    FileNotFoundError: no such checkpoints directory, or the dataset is not
+      prepared (the message gives the command that prepares it).
+    ValueError: the dataset has no such split.
   """
   from efficientnet_jax import eval_lib  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(checkpoints_dir):
@@ -430,9 +444,17 @@ def reproduce(checkpoints_dir: str, output: str, *, data_dir: str | None,
   logging.info('Found %d published checkpoints: %s.', len(found),
                ', '.join(found) or 'none')
   write_table(found, output)
+  if found:
+    # Every row needs the split: say so before converting anything.
+    from efficientnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    config = recipe(next(iter(found.values()))[0], data_dir=data_dir,
+                    dataset=dataset, split=split, eval_batch_size=None,
+                    resolution=None, dtype=dtype)
+    logging.info('%s %s: %d examples.', dataset, split,
+                 input_pipeline.dataset_info(config).num_eval_examples)
   for name, (row, path) in found.items():
     result_path = os.path.join(output, 'results', f'{name}.json')
-    if os.path.exists(result_path):
+    if _finished(result_path):
       logging.info('%s: done already (%s).', name, result_path)
       continue
     converted = os.path.join(output, 'converted', name)
@@ -443,12 +465,6 @@ def reproduce(checkpoints_dir: str, output: str, *, data_dir: str | None,
                       dtype=dtype)
       result = eval_lib.evaluate_checkpoint(config, converted)
       result['resolution_override'] = resolution
-    except FileNotFoundError as error:
-      # The dataset is not prepared: every row needs it; stop here, leaving
-      # the rows to a rerun.
-      logging.error('%s: %s', name, error)
-      write_table(found, output)
-      raise
     except Exception as error:  # pylint: disable=broad-except
       logging.error('%s failed: %s', name, traceback.format_exc())
       result = dict(error=_one_line(error))
@@ -489,7 +505,7 @@ def main(argv: Sequence[str]) -> None:
         dataset=_DATASET.value, split=_SPLIT.value,
         eval_batch_size=_BATCH_SIZE.value, resolution=_RESOLUTION.value,
         dtype=_DTYPE.value)
-  except FileNotFoundError as error:
+  except (FileNotFoundError, ValueError) as error:
     raise SystemExit(f'reproduce: error: {error}') from None
   measured = sum(entry['top1'] is not None for entry in entries)
   logging.info('%d of %d rows measured; wrote %s.', measured, len(entries),
