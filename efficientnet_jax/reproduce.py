@@ -229,12 +229,6 @@ def _row(name: str, key: str, training: str, source: str) -> Row | None:
   return Row(name, _variant(key), training, key, source)
 
 
-def _is_tf_checkpoint_dir(directory: str, files: Sequence[str]) -> bool:
-  del directory
-  return any(f.startswith('model.ckpt') and f.endswith('.index')
-             for f in files)
-
-
 def find_checkpoints(root: str, skip: str | None = None
                      ) -> Iterator[tuple[Row, str]]:
   """(row, path) of every published checkpoint under `root`, by name.
@@ -252,7 +246,8 @@ def find_checkpoints(root: str, skip: str | None = None
       row = _file_row(filename)
       if row:
         yield row, os.path.join(directory, filename)
-    if not _is_tf_checkpoint_dir(directory, files):
+    if not any(f.startswith('model.ckpt') and f.endswith('.index')
+               for f in files):
       continue
     parts = os.path.relpath(directory, root).split(os.sep)
     row = None
@@ -267,8 +262,9 @@ def find_checkpoints(root: str, skip: str | None = None
     else:
       logging.warning(
           'Skipping the TF checkpoint in %s: its name does not say which '
-          'published row it is; put it under a row name such as %s.',
-          directory, '/'.join(parts[:-1] + ['b0-baseline']))
+          'published row it is; move it into a directory named after its '
+          "row (the table's first column), e.g. %s.", directory,
+          os.path.join(root, 'b0-aa', parts[-1]))
 
 
 def recipe(row: Row, *, data_dir: str | None, dataset: str, split: str,
@@ -376,6 +372,7 @@ def render_markdown(entries: Sequence[dict[str, Any]]) -> str:
 
 
 def write_table(found: dict[str, tuple[Row, str]], output: str) -> list[dict]:
+  """Rewrites OUTPUT/table.json and table.md from the results so far."""
   entries = table_rows(found, output)
   _write_json(os.path.join(output, 'table.json'), entries)
   with open(os.path.join(output, 'table.md.tmp'), 'w') as f:
