@@ -115,9 +115,10 @@ def evaluate_pass(eval_fn: Callable[..., dict[str, jax.Array]],
           dict(index=global_batch['index'], label=global_batch['label'],
                mask=global_batch['mask'], **top), tiled=True))
     if start is None:
-      # Speed is timed from the end of the first (compiling) batch: the
-      # device_get waits for it. Counts are sums of the mask, so padding rows
+      # Speed is timed from the end of the first (compiling) batch, for
+      # every set of variables. Counts are sums of the mask, so padding rows
       # never count as images.
+      jax.block_until_ready(totals)
       first_count = float(jax.device_get(
           next(iter(totals.values()))['count']))
       start = time.perf_counter()
