@@ -12,13 +12,15 @@ split, label, top-5 class ids and their probabilities.
 import json
 import os
 
+from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from efficientnet_jax import checkpoints
 from efficientnet_jax import cli
-from efficientnet_jax import eval_lib
+from efficientnet_jax import validate
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Recipe file naming the dataset, e.g. configs/demo.py.',
@@ -39,8 +41,12 @@ flags.mark_flags_as_required(['config', 'checkpoint'])
 
 def main(argv):
   if len(argv) > 1:
-    raise flags.Error(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  validate.check_config(_CONFIG.value, training=False)
+  checkpoints.check_directory(_CHECKPOINT.value)
   cli.setup_devices(_DISTRIBUTED.value)
+  # Imported here so that a refused config costs no TensorFlow import.
+  from efficientnet_jax import eval_lib  # pylint: disable=g-import-not-at-top
   results = eval_lib.evaluate_checkpoint(
       _CONFIG.value, _CHECKPOINT.value, split=_SPLIT.value, step=_STEP.value,
       predictions_path=_PREDICTIONS.value)

@@ -39,6 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.batch_size = 64
   config.eval_batch_size = 72  # 360 test digits = 5 full batches.
+  # Micro-batches per optimizer step (the batch is split; same update).
+  config.grad_accum_steps = 1
   config.num_epochs = 25.0  # 561 steps.
   config.num_train_steps = ml_collections.FieldReference(None, field_type=int)
   # The recipe's schedule shape, compressed for a short run from scratch

@@ -58,6 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.batch_size = 512
   config.eval_batch_size = 512
+  # Micro-batches per optimizer step (the batch is split; same update).
+  config.grad_accum_steps = 1
   config.num_epochs = epochs
   config.num_train_steps = ml_collections.FieldReference(None, field_type=int)
   # Per 256 images; a quarter of the ImageNet rate, as the weights are

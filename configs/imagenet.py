@@ -50,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Global batch 4096 for every published model (docs/reference.md §5.1, issue 546).
   config.batch_size = 4096
   config.eval_batch_size = 1024  # Ours; any multiple of the device count.
+  # Micro-batches per optimizer step (the batch is split; same update).
+  config.grad_accum_steps = 1
   config.num_epochs = 350.0  # TPU-MAIN train_steps at batch 2048.
   # None: int(num_epochs * train examples / batch_size), as TPU-MAIN.
   config.num_train_steps = ml_collections.FieldReference(None, field_type=int)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
 from efficientnet_jax import models
+from efficientnet_jax import validate
 
 # Options of the Flax module (models.EfficientNet) that create_model accepts.
 MODULE_OPTIONS = ('dtype', 'padding', 'include_top', 'bn_group_size',
@@ -54,6 +55,12 @@ def create_model(variant: str, *, num_classes: int = 1000,
                     if k in overrides}
   if 'dtype' in module_options:
     module_options['dtype'] = jnp.dtype(module_options['dtype'])
+  fields = arch.parse_variant(variant)
+  if set(overrides) <= set(fields):  # Else spec_for names the unknown ones.
+    # The checks train.py applies (ranges, a network that fits a machine),
+    # before a large depth builds its block list.
+    validate.check_model_section(fields | overrides,
+                                 prefix=f'create_model({variant!r})')
   spec = arch.spec_for(variant, **overrides)
   if checkpoint is None:
     model = models.EfficientNet(spec, num_classes=num_classes, **module_options)

@@ -10,20 +10,40 @@ hold two items:
   [0, 255] RGB) and `source` (where the weights came from).
 
 Orbax writes each step to a temporary directory and renames it when complete,
-so a crash mid-save never leaves a half-written step as the latest.
+so a crash mid-save never leaves a half-written step as the latest. A step
+damaged afterwards (a truncated file, a partial copy) or a directory written
+by another program is reported in one line naming the directory and the step
+(`CheckpointError`); `prepare_resume` sets damaged steps aside so that training
+resumes from the newest intact one.
+
+Reads are topology independent: `restore_raw` restores every leaf as a host
+numpy array from the checkpoint's own metadata, so a checkpoint saved sharded
+over 8 devices or 2 processes reads on 1 device.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from efficientnet_jax import errors
+
 STATE = 'state'
 META = 'meta'
+# What a network needs (eval, create_model, fine-tuning): not `opt_state`,
+# which is most of a training checkpoint and which eval never uses.
+MODEL_KEYS = ('step', 'params', 'batch_stats', 'ema_params', 'ema_batch_stats')
+DAMAGED_PREFIX = 'damaged_'
+
+
+class CheckpointError(errors.ConfigError):
+  """A checkpoint step that cannot be read: damaged, partial or foreign."""
 
 
 def manager(directory: str, *, max_to_keep: int | None = None,
@@ -55,22 +75,168 @@ def latest_step(directory: str) -> int | None:
     return mngr.latest_step()
 
 
-def restore_raw(directory: str,
-                step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Restores (state, meta) as saved, host numpy arrays, no target tree."""
+def check_directory(directory: str) -> None:
+  """Raises FileNotFoundError (one line) unless `directory` holds a step.
+
+  Reads the listing only (no orbax, no jax backend): orbax renames a step's
+  temporary directory to its bare number once the step is complete.
+  """
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'No checkpoint directory at {directory!r}; pass '
                             'a train.py workdir or a convert --output.')
-  with manager(directory, create=False) as mngr:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'{directory!r} holds no complete checkpoint '
-                              'step; train or convert into it first.')
+  if not any(name.isdigit() and os.path.isdir(os.path.join(directory, name))
+             for name in os.listdir(directory)):
+    raise FileNotFoundError(f'{directory!r} holds no complete checkpoint '
+                            'step; train or convert into it first.')
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+  """A manager that reads `state` as a plain pytree (no target, no devices)."""
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(create=False),
+      item_handlers=dict(state=ocp.PyTreeCheckpointHandler(),
+                         meta=ocp.JsonCheckpointHandler()))
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an orbax/tensorstore error, shortened."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  text = lines[0] if lines else ''
+  if len(text) > 240:
+    text = text[:240] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _read_step(mngr: ocp.CheckpointManager, directory: str, step: int,
+               keys: Sequence[str] | None) -> tuple[dict[str, Any],
+                                                    dict[str, Any]]:
+  step_dir = os.path.join(directory, str(step))
+  items = sorted(name for name in os.listdir(step_dir)
+                 if os.path.isdir(os.path.join(step_dir, name)))
+  if STATE not in items or META not in items:
+    raise CheckpointError(
+        f'Checkpoint step {step} in {directory} holds {items}, not the '
+        f'{STATE!r} and {META!r} items: it was not written by efficientnet_jax'
+        ' (train.py or convert).')
+  try:
+    metadata = mngr.item_metadata(step)
+    tree = metadata[STATE] if metadata is not None else None
+    if tree is None:
+      raise CheckpointError(
+          f'Checkpoint step {step} in {directory} has no {STATE!r} item: it '
+          'was not written by efficientnet_jax (train.py or convert).')
+    tree = dict(tree)
+    missing = [k for k in ('params', 'batch_stats') if k not in tree]
+    if missing:
+      raise CheckpointError(
+          f'Checkpoint step {step} in {directory} is not an EfficientNet '
+          f'checkpoint: its state has {sorted(tree)}, not {missing}.')
+    wanted = {k: v for k, v in tree.items() if keys is None or k in keys}
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
     restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(),
+        state=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
+                                     partial_restore=keys is not None),
         meta=ocp.args.JsonRestore()))
-  state = jax.tree_util.tree_map(np.asarray, restored[STATE])
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # orbax and tensorstore raise ValueError, OSError, FileNotFoundError,
+    # KeyError... for a truncated or missing file; one line says which step.
+    raise CheckpointError(
+        f'Checkpoint step {step} in {directory} cannot be read ({_reason(e)}):'
+        ' it is damaged or was not written by efficientnet_jax; pass another '
+        '--step or checkpoint.') from e
+  state = jax.tree.map(np.asarray, dict(restored[STATE]))
+  if restored[META] is None:
+    raise CheckpointError(f'Checkpoint step {step} in {directory} has no '
+                          f'{META!r} item: it was not written by '
+                          'efficientnet_jax (train.py or convert).')
   return state, dict(restored[META])
+
+
+def restore_raw(directory: str, step: int | None = None, *,
+                keys: Sequence[str] | None = MODEL_KEYS
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Restores (state, meta) as saved, host numpy arrays, no target tree.
+
+  Args:
+    directory: a checkpoint directory (see the module docstring).
+    step: the step to read; None: the newest.
+    keys: the entries of the state to read (default: what a network needs,
+      not the optimizer state); None reads everything.
+
+  Raises:
+    FileNotFoundError: no directory, or no complete step in it.
+    CheckpointError: the step is damaged, partial or foreign.
+  """
+  check_directory(directory)
+  with _reader(directory) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step not in mngr.all_steps():
+      raise FileNotFoundError(
+          f'{directory!r} has no checkpoint step {step}; it has '
+          f'{sorted(mngr.all_steps())}.')
+    return _read_step(mngr, directory, step, keys)
+
+
+def newest_intact_step(directory: str) -> int | None:
+  """The newest step that reads completely (all of it), or None if none.
+
+  Damaged steps are skipped with a warning naming them; when every step is
+  damaged this raises the newest one's CheckpointError.
+  """
+  if not os.path.isdir(directory):
+    return None
+  first_error = None
+  with _reader(directory) as mngr:
+    for step in sorted(mngr.all_steps(), reverse=True):
+      try:
+        _read_step(mngr, directory, step, keys=None)
+      except CheckpointError as e:
+        logging.warning('%s', e)
+        first_error = first_error or e
+        continue
+      return step
+  if first_error is not None:
+    raise CheckpointError(f'No intact checkpoint step in {directory}: '
+                          f'{first_error} Pass a new --workdir, or delete the '
+                          'damaged steps to start again.')
+  return None
+
+
+def prepare_resume(directory: str) -> int | None:
+  """Sets damaged steps newer than the newest intact one aside; returns it.
+
+  Each damaged step directory N is renamed to `damaged_N` (orbax ignores the
+  name), so training resumes from the newest intact step and saving step N
+  again does not collide with the damaged copy. Process 0 renames.
+  """
+  step = newest_intact_step(directory)
+  if not os.path.isdir(directory):
+    return step
+  with manager(directory, create=False) as mngr:
+    damaged = [s for s in mngr.all_steps() if step is None or s > step]
+  if damaged and jax.process_index() == 0:
+    for bad in damaged:
+      os.rename(os.path.join(directory, str(bad)),
+                os.path.join(directory, f'{DAMAGED_PREFIX}{bad}'))
+    logging.warning(
+        'Set aside damaged checkpoint step(s) %s in %s as %s; resuming from '
+        'step %s, the newest intact one.', damaged, directory,
+        ', '.join(f'{DAMAGED_PREFIX}{b}' for b in damaged), step)
+  if damaged and jax.process_count() > 1:
+    # Every process sees the renamed steps before its manager lists them.
+    multihost_utils.sync_global_devices('checkpoints.prepare_resume')
+  return step
+
+
+def load_variables(directory: str, *, use_ema: bool = True,
+                   step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(variables, meta) of the latest (or given) step of a checkpoint dir."""
+  state, meta = restore_raw(directory, step)
+  return model_variables(state, use_ema=use_ema), meta
 
 
 def model_variables(state: Mapping[str, Any], *,
@@ -80,13 +246,6 @@ def model_variables(state: Mapping[str, Any], *,
     return dict(params=state['ema_params'],
                 batch_stats=state.get('ema_batch_stats', state['batch_stats']))
   return dict(params=state['params'], batch_stats=state['batch_stats'])
-
-
-def load_variables(directory: str, *, use_ema: bool = True,
-                   step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(variables, meta) of the latest (or given) step of a checkpoint dir."""
-  state, meta = restore_raw(directory, step)
-  return model_variables(state, use_ema=use_ema), meta
 
 
 def first_mismatch(expected: Any, actual: Any) -> str | None:

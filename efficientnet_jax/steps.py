@@ -59,23 +59,55 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
 
 def train_step(state: TrainState, batch: Batch, train_rng: jax.Array, *,
                learning_rate_fn: optim.LearningRateFn, label_smoothing: float,
-               ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float, grad_accum_steps: int = 1,
+               data_shards: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a (global) batch, then the EMA update.
 
   The randomness (dropout, drop-path) is `fold_in(train_rng, step)`, so a
   resumed run replays exactly the same masks.
+
+  With `grad_accum_steps` k > 1 the batch is split into k micro-batches whose
+  gradients are averaged before the one optimizer step, so the update equals
+  that of the whole batch, except that batch norm normalises each
+  micro-batch by its own statistics and updates its running statistics once
+  per micro-batch. Each micro-batch takes an equal slice of every device's
+  shard (`data_shards` of them), so the devices stay evenly loaded and no
+  example moves between them. The step count, schedule and EMA advance once.
   """
   rng = jax.random.fold_in(train_rng, state.step)
 
-  def loss_fn(params):
+  def loss_fn(params, batch_stats, batch, rng):
     logits, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+        {'params': params, 'batch_stats': batch_stats}, batch['image'],
         train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
     loss = cross_entropy_loss(logits, batch['label'], label_smoothing)
-    return loss, (logits, updates['batch_stats'])
+    correct = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return loss, (correct, updates['batch_stats'])
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    (loss, (accuracy, batch_stats)), grads = value_and_grad(
+        state.params, state.batch_stats, batch, rng)
+  else:
+    micro_batches = jax.tree.map(
+        functools.partial(split_micro_batches, steps=grad_accum_steps,
+                          data_shards=data_shards), batch)
+
+    def accumulate(carry, inputs):
+      grads_sum, batch_stats, loss_sum, accuracy_sum = carry
+      index, micro_batch = inputs
+      (loss, (accuracy, batch_stats)), grads = value_and_grad(
+          state.params, batch_stats, micro_batch,
+          jax.random.fold_in(rng, index))
+      return (jax.tree.map(jnp.add, grads_sum, grads), batch_stats,
+              loss_sum + loss, accuracy_sum + accuracy), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats, loss, accuracy), _ = jax.lax.scan(
+        accumulate, (zeros, state.batch_stats, 0.0, 0.0),
+        (jnp.arange(grad_accum_steps), micro_batches))
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+    loss, accuracy = loss / grad_accum_steps, accuracy / grad_accum_steps
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   decay = optim.ema_decay_at(new_state.step, ema_decay)
   new_state = new_state.replace(
@@ -84,11 +116,29 @@ def train_step(state: TrainState, batch: Batch, train_rng: jax.Array, *,
                                        decay))
   metrics = dict(
       loss=loss,
-      accuracy=jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      accuracy=accuracy,
       learning_rate=learning_rate_fn(state.step),
       grad_norm=optax.global_norm(grads),
-      param_norm=optax.global_norm(new_state.params))
+      param_norm=optax.global_norm(new_state.params),
+      batch_stats_finite=all_finite(batch_stats))
   return new_state, metrics
+
+
+def split_micro_batches(x: jax.Array, *, steps: int,
+                        data_shards: int) -> jax.Array:
+  """(B, ...) -> (steps, B / steps, ...), micro-batch j holding the j-th
+  slice of each of the `data_shards` contiguous shards of the batch."""
+  shard = x.shape[0] // data_shards
+  x = x.reshape(data_shards, steps, shard // steps, *x.shape[1:])
+  x = jnp.swapaxes(x, 0, 1)
+  return x.reshape(steps, x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """1.0 when every element of every leaf is finite, else 0.0."""
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf))
+                              for leaf in jax.tree.leaves(tree)])
+                 ).astype(jnp.float32)
 
 
 def eval_step(model: models.EfficientNet, variables: Mapping[str, Any],
@@ -147,7 +197,8 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
               state_shardings: Any = None,
               learning_rate_fn: optim.LearningRateFn | None = None,
               label_smoothing: float = 0.0,
-              ema_decay: float = 0.0) -> JittedSteps:
+              ema_decay: float = 0.0,
+              grad_accum_steps: int = 1) -> JittedSteps:
   """Wraps the steps in `jax.jit` with their shardings and compiler options.
 
   Args:
@@ -156,8 +207,9 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
       variables and metrics replicated.
     state_shardings: the TrainState's shardings (default: every leaf
       replicated, a pytree prefix).
-    learning_rate_fn, label_smoothing, ema_decay: the recipe's, bound into
-      the train step; without a learning_rate_fn there is no train step.
+    learning_rate_fn, label_smoothing, ema_decay, grad_accum_steps: the
+      recipe's, bound into the train step; without a learning_rate_fn there
+      is no train step.
 
   Returns:
     The JittedSteps. Nothing is compiled until the first call.
@@ -171,7 +223,9 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
     train = jax.jit(
         functools.partial(train_step, learning_rate_fn=learning_rate_fn,
                           label_smoothing=label_smoothing,
-                          ema_decay=ema_decay),
+                          ema_decay=ema_decay,
+                          grad_accum_steps=grad_accum_steps,
+                          data_shards=mesh.shape[sharding.DATA_AXIS]),
         in_shardings=(state, batch, replicated),
         out_shardings=(state, replicated),
         donate_argnums=0, compiler_options=options)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from absl import app
 from absl import flags
 
 from efficientnet_jax import arch
+from efficientnet_jax import cli
+from efficientnet_jax import errors
 from efficientnet_jax import models
 
 # Paper Table 2 (#Params, FLOPs = multiply-adds) and, for Lite, TPU-LITE's
@@ -134,6 +135,10 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   del argv
   options = flags.FLAGS
+  unknown = [v for v in options.variants if v not in arch.PRESETS]
+  if unknown:
+    raise errors.ConfigError(f'--variants: unknown {", ".join(unknown)}; use '
+                             f'{", ".join(arch.PRESETS)}.')
   rows = [preset_row(variant) for variant in options.variants]
   if options.plot:
     plot_scaling(rows, options.plot)
@@ -152,4 +157,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

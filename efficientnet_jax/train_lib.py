@@ -88,6 +88,7 @@ def plan_run(config: ml_collections.ConfigDict, data: Any) -> Plan:
                                                'batch_size')
   local_eval_batch_size = sharding.local_batch_size(config.eval_batch_size,
                                                     'eval_batch_size')
+  check_grad_accum_steps(config.grad_accum_steps, config.batch_size)
   info = data.dataset_info(config)
   steps_per_epoch = info.num_train_examples / config.batch_size  # TPU-MAIN.
   total_steps = config.num_train_steps
@@ -102,10 +103,30 @@ def plan_run(config: ml_collections.ConfigDict, data: Any) -> Plan:
       num_classes=info.num_classes,
       steps_per_epoch=steps_per_epoch,
       total_steps=total_steps,
-      eval_every=max(1, int(round(config.eval_every_epochs *
-                                  steps_per_epoch))),
+      eval_every=eval_interval(config.eval_every_epochs, steps_per_epoch),
       learning_rate_fn=learning_rate_fn,
       tx=optim.create_optimizer(config, learning_rate_fn))
+
+
+def check_grad_accum_steps(grad_accum_steps: int, batch_size: int) -> None:
+  """Each device's share of the batch must split into the micro-batches."""
+  per_device = batch_size // jax.device_count()
+  if grad_accum_steps < 1 or per_device % grad_accum_steps:
+    raise errors.ConfigError(
+        f'config.grad_accum_steps={grad_accum_steps} does not split the '
+        f'{per_device} examples each of the {jax.device_count()} devices '
+        f'takes of config.batch_size={batch_size}; use a divisor of '
+        f'{per_device}.')
+
+
+def eval_interval(eval_every_epochs: float, steps_per_epoch: float) -> int:
+  """Steps between periodic evals; 0 (no periodic eval) when the epochs <= 0.
+
+  The last step is always evaluated (is_time).
+  """
+  if eval_every_epochs <= 0:
+    return 0
+  return max(1, int(round(eval_every_epochs * steps_per_epoch)))
 
 
 def load_pretrained(state: steps.TrainState,
@@ -247,8 +268,11 @@ def sigterm_flag() -> Iterator[threading.Event]:
   the main thread signals cannot be caught at all.
   """
   event = threading.Event()
-  if (jax.process_count() > 1 or
-      threading.current_thread() is not threading.main_thread()):
+  if jax.process_count() > 1:
+    check_preemption_service()
+    yield event
+    return
+  if threading.current_thread() is not threading.main_thread():
     yield event
     return
   previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
@@ -256,6 +280,22 @@ def sigterm_flag() -> Iterator[threading.Event]:
     yield event
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+def check_preemption_service() -> None:
+  """Refuses a multi-process run that SIGTERM could not stop cleanly.
+
+  Every process must save at the same step, which only jax.distributed's
+  preemption service arranges (orbax's `reached_preemption` asks it). A job
+  whose processes were joined another way (a TPU runtime on its own) has no
+  such service, and a SIGTERM would kill it without a save.
+  """
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.global_state.preemption_sync_manager is None:
+    raise errors.ConfigError(
+        f'{jax.process_count()} processes but no jax.distributed client, so '
+        'a SIGTERM could not save on every process; start train.py with '
+        '--distributed (or set JAX_COORDINATOR_ADDRESS) on every host.')
 
 
 def write_metrics(writer: metric_writers.MetricWriter, workdir: str,
@@ -268,16 +308,31 @@ def write_metrics(writer: metric_writers.MetricWriter, workdir: str,
                                              scalars.items()})) + '\n')
 
 
+# What the train step reports and may diverge in, as the error names it.
+WATCHED_QUANTITIES = (('loss', 'training loss'),
+                      ('grad_norm', "gradients' global norm"),
+                      ('param_norm', "parameters' global norm"),
+                      ('batch_stats_finite', 'batch-norm statistics'))
+
+
 def summarise_train_metrics(history: list[tuple[int, Any]]) -> dict[str, float]:
-  """Means over the interval; raises on the first non-finite loss."""
+  """Means over the interval; raises on the first non-finite quantity.
+
+  A run can diverge while its loss stays finite (the batch-norm statistics
+  or the parameters overflow first), so every watched quantity is checked.
+  """
   logged_steps = [step for step, _ in history]
   values = jax.device_get([metrics for _, metrics in history])
   for step, metrics in zip(logged_steps, values):
-    if not np.isfinite(metrics['loss']):
-      raise FloatingPointError(
-          f'Non-finite training loss ({metrics["loss"]}) at step {step + 1}.')
+    for name, what in WATCHED_QUANTITIES:
+      value = metrics[name]
+      if not np.isfinite(value) or (name == 'batch_stats_finite' and
+                                    not value):
+        shown = 'NaN/inf' if name == 'batch_stats_finite' else value
+        raise FloatingPointError(
+            f'Non-finite {what} ({shown}) at step {step + 1}.')
   summary = {f'train/{name}': float(np.mean([m[name] for m in values]))
-             for name in values[0]}
+             for name in values[0] if name != 'batch_stats_finite'}
   summary['train/learning_rate'] = float(values[-1]['learning_rate'])
   return summary
 
@@ -340,7 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   jitted = steps.jit_steps(
       net.model, mesh, state_shardings=layout[1],
       learning_rate_fn=plan.learning_rate_fn,
-      label_smoothing=config.label_smoothing, ema_decay=config.ema_decay)
+      label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
+      grad_accum_steps=config.grad_accum_steps)
   train_iter = data.create_train_iter(
       config, local_batch_size=plan.local_batch_size, start_step=start_step,
       **net.pipeline_args)
@@ -363,10 +419,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return train_loop(loop, state, train_iter, mngr=mngr, start_step=start_step)
 
 
+class TimedIterator:
+  """Wraps an iterator and adds up the seconds spent waiting in `next`."""
+
+  def __init__(self, iterator: Iterator[Batch]):
+    self._iterator = iterator
+    self.wait_seconds = 0.0
+
+  def __iter__(self) -> TimedIterator:
+    return self
+
+  def __next__(self) -> Batch:
+    start = time.perf_counter()
+    try:
+      return next(self._iterator)
+    finally:
+      self.wait_seconds += time.perf_counter() - start
+
+
 def train_loop(loop: Loop, state: steps.TrainState, train_iter: Iterator[Batch],
                *, mngr: ocp.CheckpointManager,
                start_step: int) -> dict[str, Any]:
-  """Steps from `start_step` to the end; logs, evaluates and saves on time."""
+  """Steps from `start_step` to the end; logs, evaluates and saves on time.
+
+  Speed is measured from the end of the first step, whose time (tracing and
+  compiling the step) is logged on its own. On preemption the checkpoint is
+  written and the eval due at that step is skipped: the grace period is for
+  saving.
+  """
   config, plan, workdir = loop.config, loop.plan, loop.workdir
   total_steps = plan.total_steps
   writer = metric_writers.create_default_writer(
@@ -377,33 +457,48 @@ def train_loop(loop: Loop, state: steps.TrainState, train_iter: Iterator[Batch],
                                            writer=writer)
   hooks = [report]
   if config.profile_steps and jax.process_index() == 0:
+    # One profile, a few steps after the start (clu's default repeats it
+    # every hour).
     hooks.append(periodic_actions.Profile(
-        logdir=workdir, num_profile_steps=config.profile_steps))
+        logdir=workdir, num_profile_steps=config.profile_steps,
+        every_secs=None))
 
   history = []
   results = dict(step=start_step, preempted=False)
-  interval_start, interval_step = time.perf_counter(), start_step
+  timed_iter = TimedIterator(train_iter)
+  interval = Interval(time.perf_counter(), start_step, 0.0)
+  logging.info('Compiling the train step (the first step includes it).')
   with metric_writers.ensure_flushes(writer), mngr, sigterm_flag() as sigterm:
-    for step, batch in zip(range(start_step, total_steps), train_iter):
+    for step, batch in zip(range(start_step, total_steps), timed_iter):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = loop.jitted.train(
             state, sharding.shard_batch(batch, loop.mesh), loop.train_rng)
       history.append((step, metrics))
       done = step + 1
+      if step == start_step:
+        jax.block_until_ready(metrics)
+        logging.info('First step done in %.1f s (compilation included).',
+                     time.perf_counter() - interval.start)
+        interval = Interval(time.perf_counter(), done, timed_iter.wait_seconds)
       for hook in hooks:
         hook(done)
       preempted = sigterm.is_set() or mngr.reached_preemption(done)
       save = preempted or is_time(done, config.checkpoint_every_steps,
                                   total_steps)
-      evaluate = is_time(done, plan.eval_every, total_steps)
+      evaluate = is_time(done, plan.eval_every, total_steps) and not preempted
       if save or evaluate or is_time(done, config.log_every_steps,
                                      total_steps):
         summary = checked_summary(history, mngr, workdir)
-        elapsed = time.perf_counter() - interval_start
-        summary.update(speed(done - interval_step, elapsed, config.batch_size))
+        if done > interval.step:
+          summary.update(interval.speed(done, config.batch_size,
+                                        timed_iter.wait_seconds))
         write_metrics(writer, workdir, done, summary)
         log_progress(done, total_steps, summary)
         history = []
+      if save:
+        mngr.save(done, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(checkpoint_tree(state)),
+            meta=ocp.args.JsonSave(loop.meta)))
       if evaluate:
         with report.timed('eval'):
           eval_results = evaluate_state(state, eval_fn=loop.jitted.eval,
@@ -412,14 +507,10 @@ def train_loop(loop: Loop, state: steps.TrainState, train_iter: Iterator[Batch],
         log_eval(done, eval_results)
         write_metrics(writer, workdir, done, eval_results)
         results.update(eval_results)
-      if save:
-        mngr.save(done, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(checkpoint_tree(state)),
-            meta=ocp.args.JsonSave(loop.meta)))
       results['step'] = done
       if save or evaluate:
         # Keep eval and checkpoint time out of the next interval's speed.
-        interval_start, interval_step = time.perf_counter(), done
+        interval = Interval(time.perf_counter(), done, timed_iter.wait_seconds)
       if preempted:
         results['preempted'] = True
         logging.warning('Preempted (SIGTERM) at step %d; saved a checkpoint '
@@ -432,6 +523,35 @@ def train_loop(loop: Loop, state: steps.TrainState, train_iter: Iterator[Batch],
                  '%s; checkpoint: %s (step %d).', workdir, workdir,
                  os.path.join(workdir, METRICS_FILE), workdir, results['step'])
   return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  """Where a speed measurement started: time, step and input wait so far."""
+  start: float
+  step: int
+  wait_seconds: float
+
+  def speed(self, step: int, batch_size: int,
+            wait_seconds: float) -> dict[str, float]:
+    """The perf/ scalars from this interval's start to `step`.
+
+    images/s counts global images; per device and per host divide it by
+    the devices and processes; data_wait_ms is this process's time per step
+    blocked on the input pipeline.
+    """
+    seconds = time.perf_counter() - self.start
+    num_steps = step - self.step
+    images_per_sec = num_steps * batch_size / seconds
+    return {'perf/steps_per_sec': num_steps / seconds,
+            'perf/images_per_sec': images_per_sec,
+            'perf/images_per_sec_per_device': (images_per_sec /
+                                               jax.device_count()),
+            'perf/images_per_sec_per_host': (images_per_sec /
+                                             jax.process_count()),
+            'perf/step_time_ms': 1000 * seconds / num_steps,
+            'perf/data_wait_ms': (1000 * (wait_seconds - self.wait_seconds) /
+                                  num_steps)}
 
 
 def checked_summary(history: list[tuple[int, Any]],
@@ -447,22 +567,22 @@ def checked_summary(history: list[tuple[int, Any]],
         '--config.learning_rate or check the input data.') from None
 
 
-def speed(num_steps: int, seconds: float, batch_size: int) -> dict[str, float]:
-  """The perf/ scalars of an interval of `num_steps` global batches."""
-  return {'perf/steps_per_sec': num_steps / seconds,
-          'perf/images_per_sec': num_steps * batch_size / seconds,
-          'perf/step_time_ms': 1000 * seconds / num_steps}
-
-
 def log_progress(step: int, total_steps: int,
                  summary: Mapping[str, float]) -> None:
-  logging.info('Step %d/%d: loss %.4f, accuracy %.4f, lr %.5f, '
-               '%.1f images/s.', step, total_steps, summary['train/loss'],
-               summary['train/accuracy'], summary['train/learning_rate'],
-               summary['perf/images_per_sec'])
+  speed = ''
+  if 'perf/images_per_sec' in summary:
+    speed = (f', {summary["perf/images_per_sec"]:.1f} images/s, '
+             f'{summary["perf/data_wait_ms"]:.1f} ms/step waiting for input')
+  logging.info('Step %d/%d: loss %.4f, accuracy %.4f, lr %.5f%s.', step,
+               total_steps, summary['train/loss'], summary['train/accuracy'],
+               summary['train/learning_rate'], speed)
 
 
 def log_eval(step: int, results: Mapping[str, float]) -> None:
+  for prefix in ('eval', 'eval_ema'):
+    if not np.isfinite(results[f'{prefix}/loss']):
+      logging.warning('Eval at step %d: non-finite %s loss (%s); the weights '
+                      'have diverged.', step, prefix, results[f'{prefix}/loss'])
   logging.info('Eval at step %d: top-1 %.4f (EMA %.4f), top-5 %.4f '
                '(EMA %.4f) on %d examples.', step, results['eval/top1'],
                results['eval_ema/top1'], results['eval/top5'],

@@ -19,7 +19,8 @@ VARIANTS = [*arch.PRESETS, 'phi=0', 'phi=2.5', 'lite-phi=1']
 REQUIRED_FIELDS = (
     'seed', 'dataset', 'data_dir', 'train_split', 'eval_split', 'augment',
     'randaugment_num_layers', 'randaugment_magnitude', 'crop_padding',
-    'shuffle_buffer_size', 'batch_size', 'eval_batch_size', 'num_epochs',
+    'shuffle_buffer_size', 'batch_size', 'eval_batch_size', 'grad_accum_steps',
+    'num_epochs',
     'num_train_steps', 'learning_rate', 'warmup_epochs', 'lr_decay_epochs',
     'lr_decay_factor', 'rmsprop_decay', 'rmsprop_momentum', 'rmsprop_epsilon',
     'weight_decay', 'label_smoothing', 'ema_decay', 'init_checkpoint',

@@ -413,6 +413,47 @@ def test_unknown_file_formats_are_one_line_errors(tmp_path, source, name,
   assert '\n' not in str(error.value)
 
 
+def test_unrelated_tensors_are_not_called_an_efficientnet(tmp_path):
+  # Not "an EfficientNet-Lite checkpoint" (no SE tensors) as the family test
+  # alone would say: the file is recognised before a flag is suggested.
+  path = str(tmp_path / 'bert.safetensors')
+  safetensors_numpy.save_file({'encoder.layer.0.attention.weight':
+                               np.zeros((2, 2), np.float32)}, path)
+  for variant in ('b0', 'lite0'):
+    with pytest.raises(convert.ConversionError,
+                       match=r'not an EfficientNet checkpoint: found tensors '
+                       r'like encoder\.layer\.0\.attention\.weight') as error:
+      convert.convert('timm', path, variant)
+    assert '\n' not in str(error.value)
+  h5py = pytest.importorskip('h5py')
+  h5 = str(tmp_path / 'resnet.h5')
+  with h5py.File(h5, 'w') as f:
+    f['conv1/kernel:0'] = np.zeros((3, 3), np.float32)
+  with pytest.raises(convert.ConversionError,
+                     match=r'not an EfficientNet checkpoint: found tensors '
+                     r'like conv1/kernel:0'):
+    convert.convert('keras', h5, 'b0')
+
+
+def test_a_file_of_another_source_names_the_right_flag(tmp_path):
+  path = write_timm(tmp_path / 'tf_efficientnet_b0.safetensors', timm_arrays())
+  with pytest.raises(convert.ConversionError,
+                     match=r'safetensors file of EfficientNet tensors, which '
+                     r'--source timm reads, not --source keras'):
+    convert.convert('keras', path, 'b0')
+
+
+def test_variant_and_resolution_are_validated(tmp_path):
+  path = write_timm(tmp_path / 'tf_efficientnet_b0.safetensors', timm_arrays())
+  with pytest.raises(convert.ConversionError, match=r"--variant='b9'"):
+    convert.convert('timm', path, 'b9')
+  with pytest.raises(convert.ConversionError,
+                     match=r'--resolution=0 is not allowed'):
+    convert.convert('timm', path, 'b0', resolution=0)
+  with pytest.raises(convert.ConversionError, match=r'--variant\.phi=30'):
+    convert.convert('timm', path, 'phi=30')
+
+
 def test_keras_has_no_lite(tmp_path):
   with pytest.raises(convert.ConversionError, match='no EfficientNet-Lite'):
     convert.convert('keras', str(tmp_path), 'lite0')
@@ -471,5 +512,5 @@ def test_command_line_writes_a_checkpoint_create_model_loads(tmp_path):
   again = run_cli(*flags)
   assert again.returncode != 0
   error_lines = again.stderr.strip().splitlines()
-  assert error_lines[-1].startswith('convert: error: ')
+  assert error_lines[-1].startswith('FATAL: ')
   assert 'already holds a checkpoint' in error_lines[-1]

@@ -49,16 +49,28 @@ def _to_model_input(images, resolution, mean_rgb, std_rgb):
           np.asarray(std_rgb, np.float32)).astype(np.float32)
 
 
+def _process(process_index, process_count):
+  """(index, count) of this process, jax's when not given."""
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.process_index(), jax.process_count()
+  return process_index, process_count
+
+
 def create_train_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
                       local_batch_size, start_step=0, process_index=None,
                       process_count=None):
-  del resize_method, process_index, process_count
+  """Each process yields its rows of the same global batch, so that N
+  processes see exactly the batches of one process with N times the batch."""
+  del resize_method
+  index, count = _process(process_index, process_count)
   images, labels = _split(config.train_split)
   images = _to_model_input(images, resolution, mean_rgb, std_rgb)
   n = len(labels)
+  global_batch_size = local_batch_size * count
   step = start_step
   while True:
-    start = step * local_batch_size
+    start = step * global_batch_size + index * local_batch_size
     positions = np.arange(start, start + local_batch_size)
     epochs = positions // n
     order = {e: np.random.default_rng((config.seed, int(e))).permutation(n)
@@ -71,17 +83,24 @@ def create_train_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
 def create_eval_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
                      local_batch_size, split=None, process_index=None,
                      process_count=None):
-  del resize_method, process_index, process_count
+  """Each process scores a contiguous share of the split; all processes yield
+  the same number of batches (the eval step is collective), padded with
+  mask 0 and index -1."""
+  del resize_method
+  index, count = _process(process_index, process_count)
   images, labels = _split(split or config.eval_split)
   images = _to_model_input(images, resolution, mean_rgb, std_rgb)
-  for start in range(0, len(labels), local_batch_size):
-    stop = min(start + local_batch_size, len(labels))
-    pad = local_batch_size - (stop - start)
+  shares = np.array_split(np.arange(len(labels)), count)
+  num_batches = -(-max(len(share) for share in shares) // local_batch_size)
+  mine = shares[index]
+  for batch in range(num_batches):
+    rows = mine[batch * local_batch_size:(batch + 1) * local_batch_size]
+    pad = local_batch_size - len(rows)
     yield dict(
-        image=np.concatenate([images[start:stop],
+        image=np.concatenate([images[rows],
                               np.zeros((pad,) + images.shape[1:], np.float32)]),
-        label=np.concatenate([labels[start:stop], np.zeros(pad, np.int32)]),
-        mask=np.concatenate([np.ones(stop - start, np.float32),
+        label=np.concatenate([labels[rows], np.zeros(pad, np.int32)]),
+        mask=np.concatenate([np.ones(len(rows), np.float32),
                              np.zeros(pad, np.float32)]),
-        index=np.concatenate([np.arange(start, stop, dtype=np.int32),
+        index=np.concatenate([rows.astype(np.int32),
                               -np.ones(pad, np.int32)]))

@@ -5,6 +5,7 @@ step's metric arithmetic on fixed logits, that steps.py stays pure JAX, and
 that its compiler options keep results.
 """
 
+import functools
 import subprocess
 import sys
 
@@ -148,3 +149,53 @@ def test_eval_step_metric_arithmetic_on_fixed_logits():
                                                             (2, 5)))
   np.testing.assert_allclose(float(sums['loss']), expected_loss, rtol=1e-6)
 
+
+
+def test_micro_batches_take_an_equal_slice_of_every_shard():
+  x = jnp.arange(16)
+  micro = steps.split_micro_batches(x, steps=2, data_shards=2)
+  # Shards [0..7] and [8..15]; micro-batch j holds the j-th half of each.
+  np.testing.assert_array_equal(micro, [[0, 1, 2, 3, 8, 9, 10, 11],
+                                        [4, 5, 6, 7, 12, 13, 14, 15]])
+  np.testing.assert_array_equal(
+      steps.split_micro_batches(x, steps=4, data_shards=1),
+      x.reshape(4, 4))
+
+
+def test_accumulated_micro_batches_give_the_whole_batch_update():
+  # Two micro-batches of 4 against one batch of 8 whose batch norm takes
+  # groups of 4 (the same statistics each micro-batch sees); no dropout.
+  model = tiny.two_block_model()
+  grouped = model.clone(bn_group_size=4)
+  state = tiny.make_state(model, learning_rate=0.05)
+  batch = tiny.fixed_batch(batch_size=8)
+
+  def one_step(model, grad_accum_steps):
+    step = jax.jit(functools.partial(
+        steps.train_step, learning_rate_fn=lambda s: 0.05,
+        label_smoothing=0.1, ema_decay=0.9999,
+        grad_accum_steps=grad_accum_steps))
+    return step(state.replace(apply_fn=model.apply), batch,
+                jax.random.key(1))
+
+  accumulated, metrics = one_step(model, 2)
+  whole, whole_metrics = one_step(grouped, 1)
+  assert int(accumulated.step) == int(whole.step) == 1
+  for name in ('params', 'opt_state', 'ema_params'):
+    for got, want in zip(jax.tree.leaves(getattr(accumulated, name)),
+                         jax.tree.leaves(getattr(whole, name))):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
+                                 err_msg=name)
+  for name in ('loss', 'accuracy', 'grad_norm'):
+    np.testing.assert_allclose(metrics[name], whole_metrics[name], rtol=1e-5)
+  # Running statistics: updated once per micro-batch, in order.
+  batch_stats = state.batch_stats
+  for rows in (slice(0, 4), slice(4, 8)):
+    _, updates = model.apply(
+        {'params': state.params, 'batch_stats': batch_stats},
+        batch['image'][rows], train=True,
+        rngs={'dropout': jax.random.key(0)}, mutable=['batch_stats'])
+    batch_stats = updates['batch_stats']
+  for got, want in zip(jax.tree.leaves(accumulated.batch_stats),
+                       jax.tree.leaves(batch_stats)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

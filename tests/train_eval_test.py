@@ -8,6 +8,7 @@ compilation cache, and XLA optimisations are off, to keep this file fast.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,8 +77,8 @@ def test_resume_in_a_new_process_equals_a_straight_run(
   assert checkpoints.latest_step(workdir) == 3
   second = train(workdir, 6, data_dir, env=env)
   assert 'Resumed from' in second.stderr and 'at step 3' in second.stderr
-  straight, _ = checkpoints.restore_raw(straight_run)
-  resumed, _ = checkpoints.restore_raw(workdir)
+  straight, _ = checkpoints.restore_raw(straight_run, keys=None)
+  resumed, _ = checkpoints.restore_raw(workdir, keys=None)
   assert int(straight['step']) == int(resumed['step']) == 6
   for key in ('params', 'ema_params', 'batch_stats', 'ema_batch_stats',
               'opt_state'):
@@ -130,15 +131,88 @@ def test_workdir_of_another_variant_is_refused_untouched(straight_run,
   assert checkpoints.latest_step(straight_run) == 6
 
 
-def test_unknown_config_field_is_one_clear_line(env, tmp_path):
-  result = run('train.py', '--config=configs/demo.py', f'--workdir={tmp_path}',
-               '--config.model.widht=2', env=env, check=False)
-  assert result.returncode != 0
-  message = result.stderr.strip().splitlines()[-1]
-  assert ('Unknown config field config.model.widht in --config.model.widht; '
-          'config.model has: alpha, beta, bn_group_size,') in message, (
-              result.stderr[-2000:])
-  assert not os.listdir(tmp_path)
+def one_line_failure(result, code, text):
+  """The process failed with `code` and one stderr line 'FATAL: ...text...'."""
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == code, (code, result.stderr[-3000:])
+  assert len(lines) == 1 and lines[0].startswith('FATAL: '), result.stderr[-3000:]
+  assert text in lines[0], lines[0]
+
+
+TRAIN = ('train.py', '--config=configs/demo.py')
+EVAL = ('eval.py', '--config=configs/demo.py')
+CONVERT = ('-m', 'efficientnet_jax.convert', '--source=timm',
+           '--variant=b0')
+# (command, flags, exit code, text of the one line). Each is refused before
+# the library is imported (under a second) or before any work is done.
+BAD_INPUTS = [
+    (TRAIN, ['--config.modle=1'], 2,
+     'Unknown config field config.modle in --config.modle; config has: '
+     'augment, batch_size,'),
+    (TRAIN, ['--config.modle=1'], 2, '(did you mean model?)'),
+    (TRAIN, ['--config.model.widht=2'], 2,
+     'Unknown config field config.model.widht in --config.model.widht; '
+     'config.model has: alpha, beta, bn_group_size,'),
+    (TRAIN, ['--config.model.resolution=0'], 1,
+     'config.model.resolution=0 is not allowed: use an integer >= 32'),
+    (TRAIN, ['--config.model.phi=100'], 1, 'config.model.phi=100.0'),
+    (TRAIN, ['--config.batch_size=0'], 1, 'config.batch_size=0'),
+    (TRAIN, ['--config.model.dtype=float16'], 1, 'loss scaling'),
+    (TRAIN, ['--config.model.phi=abc'], 2, 'flag --config.model.phi=abc'),
+    (('train.py', '--config=configs/demo.py:b9'), [], 2,
+     "--config=configs/demo.py:b9: Unknown EfficientNet variant 'b9'"),
+    (TRAIN, ['--config.dataset=no_such_dataset'], 1,
+     "config.dataset='no_such_dataset' is not a known dataset"),
+    (TRAIN, ['--config.init_checkpoint=/no/such/dir'], 1, 'is not a directory'),
+    (TRAIN, ['--bogus=1'], 2, "Unknown command line flag 'bogus'"),
+    (EVAL, ['--checkpoint=/no/such/dir'], 1,
+     "No checkpoint directory at '/no/such/dir'"),
+    (EVAL, ['--checkpoint=/tmp', '--config.eval_batch_size=-1'], 1,
+     'config.eval_batch_size=-1'),
+    (('-m', 'efficientnet_jax.summary', '--variants=b9'), [], 1,
+     '--variants: unknown b9'),
+]
+
+
+def test_bad_inputs_are_one_line_and_write_nothing(env, tmp_path):
+  workdir = tmp_path / 'workdir'
+  env = dict(env, JAX_PLATFORMS='cpu')
+  for command, flags, code, text in BAD_INPUTS:
+    extra = [f'--workdir={workdir}'] if command[0] == 'train.py' else []
+    one_line_failure(run(*command, *extra, *flags, env=env, check=False),
+                     code, text)
+    assert not workdir.exists(), (command, flags)
+  # The converter, on a file that is no EfficientNet and on a bad variant.
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  foreign = str(tmp_path / 'bert.safetensors')
+  safetensors_numpy.save_file({'encoder.layer.0.weight': np.zeros(2)}, foreign)
+  one_line_failure(
+      run(*CONVERT, f'--input={foreign}', f'--output={tmp_path / "out"}',
+          env=env, check=False), 1,
+      'not an EfficientNet checkpoint: found tensors like '
+      'encoder.layer.0.weight')
+  assert not (tmp_path / 'out').exists()
+  # --verbose adds the traceback.
+  verbose = run(*TRAIN, f'--workdir={workdir}', '--config.batch_size=0',
+                env=dict(env, EFFICIENTNET_JAX_VERBOSE='1'), check=False)
+  assert 'Traceback' in verbose.stderr and verbose.returncode == 1
+
+
+def test_damaged_checkpoint_is_one_line_for_eval(straight_run, tmp_path,
+                                                 data_dir, env):
+  damaged = str(tmp_path / 'damaged')
+  shutil.copytree(straight_run, damaged)
+  metadata = os.path.join(damaged, '6', checkpoints.STATE, '_METADATA')
+  with open(metadata, 'r+b') as f:
+    f.truncate(100)
+  result = run('eval.py', '--config=configs/demo.py', f'--checkpoint={damaged}',
+               f'--config.data_dir={data_dir}', '--config.eval_batch_size=8',
+               env=env, check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  line = result.stderr.strip().splitlines()[-1]
+  assert line.startswith(f'FATAL: Checkpoint step 6 in {damaged} cannot be '
+                         'read'), line
 
 
 def test_sigterm_saves_and_exits_for_resumption(tmp_path, data_dir, env):
@@ -158,3 +232,23 @@ def test_sigterm_saves_and_exits_for_resumption(tmp_path, data_dir, env):
   assert 'Preempted (SIGTERM)' in rest
   step = checkpoints.latest_step(workdir)
   assert step is not None and step >= 2
+
+
+def test_sigterm_before_the_first_step_saves_nothing(tmp_path, env):
+  workdir = str(tmp_path / 'early')
+  process = subprocess.Popen(
+      [sys.executable, 'train.py', '--config=configs/demo.py',
+       f'--workdir={workdir}', f'--config.data_dir={tmp_path / "tfds"}',
+       *TINY, '--config.num_train_steps=10'],
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  for line in process.stderr:  # Devices are set up: start-up has begun.
+    if 'JAX process 0 of 1' in line or time.time() > deadline:
+      break
+  process.send_signal(signal.SIGTERM)
+  _, rest = process.communicate(timeout=120)
+  assert process.returncode == 75, rest[-3000:]
+  assert rest.strip().splitlines()[-1].startswith(
+      'FATAL: SIGTERM before the first training step: nothing was saved'), (
+          rest[-3000:])
+  assert checkpoints.latest_step(workdir) is None

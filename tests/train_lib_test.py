@@ -78,3 +78,43 @@ def test_fine_tuning_loads_everything_but_a_resized_classifier(tmp_path):
   with pytest.raises(errors.ConfigError,
                      match=r"\['head_bn'\].*shape \(320,\) in the checkpoint"):
     train_lib.load_pretrained(other, str(tmp_path))
+
+
+@pytest.mark.parametrize('name,value,message', [
+    ('grad_norm', np.inf, "Non-finite gradients' global norm"),
+    ('param_norm', np.nan, "Non-finite parameters' global norm"),
+    ('batch_stats_finite', 0.0, 'Non-finite batch-norm statistics'),
+])
+def test_divergence_with_a_finite_loss_names_the_quantity(name, value,
+                                                          message):
+  good = dict(loss=1.0, accuracy=0.5, learning_rate=0.1, grad_norm=1.0,
+              param_norm=10.0, batch_stats_finite=1.0)
+  history = [(0, good), (1, dict(good, **{name: value}))]
+  with pytest.raises(FloatingPointError, match=rf'{message} .* at step 2\.'):
+    train_lib.summarise_train_metrics(history)
+  summary = train_lib.summarise_train_metrics(history[:1])
+  assert 'train/batch_stats_finite' not in summary
+
+
+def test_eval_every_zero_epochs_turns_periodic_eval_off():
+  assert train_lib.eval_interval(0.0, 100.0) == 0
+  assert train_lib.eval_interval(-1.0, 100.0) == 0
+  assert train_lib.eval_interval(0.5, 100.0) == 50
+  assert [s for s in range(1, 11) if train_lib.is_time(
+      s, train_lib.eval_interval(0.0, 3.0), 10)] == [10]
+
+
+def test_grad_accum_steps_must_split_each_device_share(monkeypatch):
+  monkeypatch.setattr(jax, 'device_count', lambda: 4)
+  train_lib.check_grad_accum_steps(2, 32)
+  with pytest.raises(errors.ConfigError,
+                     match=r'grad_accum_steps=3 does not split the 8 '):
+    train_lib.check_grad_accum_steps(3, 32)
+
+
+def test_several_processes_without_a_preemption_service_are_refused(
+    monkeypatch):
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(errors.ConfigError, match='no jax.distributed client'):
+    with train_lib.sigterm_flag():
+      pass

@@ -19,13 +19,19 @@ own efficientnet_* weights get their BN eps folded into the BN scales.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
+import struct
+import zipfile
 from typing import Any, Sequence
 
 from absl import logging
 
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
+from efficientnet_jax import errors
+from efficientnet_jax import validate
 from efficientnet_jax.convert import keras
 from efficientnet_jax.convert import placement
 from efficientnet_jax.convert import tf_official
@@ -85,6 +91,108 @@ def _normalization(source: str, spec: arch.ArchSpec, facts: dict[str, Any],
   return spec.mean_rgb, spec.std_rgb, f'{spec.family} default'
 
 
+HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
+# How each source names an EfficientNet's tensors (its stem, its blocks).
+NAMINGS = (
+    ('timm', re.compile(r'(^|\.)(conv_stem\.weight|blocks\.\d+\.\d+\.)')),
+    ('keras', re.compile(r'(^|/)(stem_conv|block\d+[a-z]_|depthwise_conv2d)')),
+    ('tf', re.compile(r'efficientnet[\w-]*/(stem|blocks_\d+)/')),
+)
+FORMAT_SOURCES = {'safetensors': 'timm', 'hdf5': 'keras', 'keras': 'keras'}
+FORMAT_NAMES = {'safetensors': 'a safetensors file', 'hdf5': 'an HDF5 file',
+                'keras': 'a .keras model'}
+
+
+def _safetensors_names(path: str) -> list[str] | None:
+  """Tensor names from a safetensors header (8-byte length, JSON), or None."""
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    head = f.read(8)
+    if len(head) < 8:
+      return None
+    (length,) = struct.unpack('<Q', head)
+    if not 2 <= length <= size - 8:
+      return None
+    try:
+      header = json.loads(f.read(length))
+    except ValueError:
+      return None
+  if not isinstance(header, dict):
+    return None
+  return [name for name in header if name != '__metadata__']
+
+
+def _hdf5_names(path: str) -> list[str]:
+  import h5py  # pylint: disable=g-import-not-at-top
+  names = []
+  with h5py.File(path, 'r') as root:
+    root.visititems(lambda name, item: names.append(name)
+                    if isinstance(item, h5py.Dataset) else None)
+  return names
+
+
+def tensor_names(path: str) -> tuple[str, list[str]] | None:
+  """(format, tensor names) of a weights file, from its header alone.
+
+  None for what this cannot read without the source's own library (TF
+  checkpoints, torch files) or that is not a file; the source's reader then
+  names the problem.
+  """
+  if not os.path.isfile(path):
+    return None
+  with open(path, 'rb') as f:
+    signature = f.read(8)
+  if signature == HDF5_SIGNATURE:
+    return 'hdf5', _hdf5_names(path)
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      if 'config.json' not in archive.namelist():
+        return None  # torch.save's zip, or another archive.
+      try:
+        config = json.loads(archive.read('config.json'))
+        layers = config['config']['layers']
+        return 'keras', [str(layer['config']['name']) for layer in layers]
+      except (ValueError, KeyError, TypeError):
+        return None
+  names = _safetensors_names(path)
+  return None if names is None else ('safetensors', names)
+
+
+def naming(names: Sequence[str]) -> str | None:
+  """Which source's EfficientNet naming `names` follow, or None."""
+  for source, pattern in NAMINGS:
+    if any(pattern.search(name) for name in names):
+      return source
+  return None
+
+
+def recognise(source: str, path: str) -> None:
+  """Refuses a file that is no EfficientNet, or one of another --source.
+
+  Runs before any source-specific reading, so that a file of unrelated
+  tensors is called what it is rather than, say, "a Lite checkpoint" (which
+  the SE-based family test would conclude).
+  """
+  found = tensor_names(path)
+  if found is None:
+    return
+  file_format, names = found
+  if naming(names) is None:
+    examples = ', '.join(sorted(names)[:4]) or 'none'
+    raise ConversionError(
+        f'{path!r} is not an EfficientNet checkpoint: found tensors like '
+        f'{examples} ({len(names)} in all); convert reads timm state dicts '
+        '(conv_stem.weight, blocks.0.0...), Keras EfficientNet files '
+        '(stem_conv, block1a_...) and TF reference checkpoints '
+        '(efficientnet-b0/stem/...).')
+  wanted = FORMAT_SOURCES[file_format]
+  if source != wanted:
+    raise ConversionError(
+        f'{path!r} is {FORMAT_NAMES[file_format]} of EfficientNet tensors, '
+        f'which --source {wanted} reads, not --source {source}; pass '
+        f'--source {wanted}.')
+
+
 def _three_floats(values: Sequence[float] | None, name: str
                   ) -> tuple[float, ...] | None:
   if values is None:
@@ -135,15 +243,14 @@ def convert(source: str, path: str, variant: str, *,
     raise ConversionError(f'Unknown source {source!r}; use one of '
                           f'{", ".join(SOURCES)}.')
   try:
-    spec = arch.spec_for(variant)
-  except ValueError as e:
+    validate.check_variant(variant, resolution=resolution)
+  except errors.ConfigError as e:
     raise ConversionError(str(e)) from None
+  spec = arch.spec_for(variant)
   if not os.path.exists(path) and not (
       source == 'tf' and os.path.exists(path + '.index')):
     raise ConversionError(f'No such file or directory: {path!r}.')
-  if resolution is not None and resolution < 32:
-    raise ConversionError(f'--resolution must be at least 32 (five stride-2 '
-                          f'layers); got {resolution}.')
+  recognise(source, path)
   mean_rgb = _three_floats(mean_rgb, 'mean_rgb')
   std_rgb = _three_floats(std_rgb, 'std_rgb')
   padding = _resolve_padding(source, padding, path)

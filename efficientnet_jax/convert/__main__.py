@@ -3,8 +3,8 @@ r"""Command line: convert published EfficientNet weights into our checkpoint.
   python -m efficientnet_jax.convert --source=tf \
       --input=efficientnet-b0 --variant=b0 --output=converted/b0
 
-Errors are one line (`SystemExit` with the message): what is wrong and how to
-fix it.
+Errors are one line, `FATAL: <what is wrong and how to fix it>` (cli.run;
+`--verbose` for the traceback).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from efficientnet_jax import cli
 from efficientnet_jax import convert
 
 FLAGS = flags.FLAGS
@@ -49,17 +50,14 @@ flags.mark_flags_as_required(['source', 'input', 'variant', 'output'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    convert.check_output(FLAGS.output)  # Before the (slow) conversion.
-    converted = convert.convert(
-        FLAGS.source, FLAGS.input, FLAGS.variant, advprop=FLAGS.advprop,
-        padding=FLAGS.padding, use_ema=FLAGS.use_ema,
-        allow_unused=FLAGS.allow_unused, mean_rgb=FLAGS.mean_rgb,
-        std_rgb=FLAGS.std_rgb, resolution=FLAGS.resolution)
-    convert.save(converted, FLAGS.output)
-  except convert.ConversionError as e:
-    raise SystemExit(f'convert: error: {e}') from None
+  convert.check_output(FLAGS.output)  # Before the (slow) conversion.
+  converted = convert.convert(
+      FLAGS.source, FLAGS.input, FLAGS.variant, advprop=FLAGS.advprop,
+      padding=FLAGS.padding, use_ema=FLAGS.use_ema,
+      allow_unused=FLAGS.allow_unused, mean_rgb=FLAGS.mean_rgb,
+      std_rgb=FLAGS.std_rgb, resolution=FLAGS.resolution)
+  convert.save(converted, FLAGS.output)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
