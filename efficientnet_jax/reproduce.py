@@ -275,7 +275,10 @@ def recipe(row: Row, *, data_dir: str | None, dataset: str, split: str,
   config.dataset = dataset
   config.data_dir = data_dir
   config.eval_split = split
-  config.model.dtype = dtype
+  # The compute dtype lives in the execution section where the recipe has
+  # one (issue 17), else in the model section.
+  section = config.execution if 'execution' in config else config.model
+  section.dtype = dtype
   if eval_batch_size:
     config.eval_batch_size = eval_batch_size
   if resolution:
