@@ -1,8 +1,10 @@
 """Evaluates a checkpoint: `python eval.py --config=... --checkpoint=DIR`.
 
 DIR is a train.py workdir (EMA weights when present) or a converted pretrained
-checkpoint. Prints top-1, top-5, the number of examples and images/s, and
-writes them as JSON (--output, default DIR/eval_<split>.json).
+checkpoint. Prints what it scores (the checkpoint's network, resolution,
+normalisation, EMA or raw weights and source, and where the config differs),
+then top-1, top-5, the number of examples, the pass's seconds and images/s
+(real examples after the compiling first batch), and writes them as JSON (--output, default DIR/eval_<split>.json).
 `--predictions=FILE` also writes one JSON line per example: its index in the
 split, label, top-5 class ids and their probabilities.
 """
@@ -51,11 +53,13 @@ def main(argv):
   output = _OUTPUT.value or os.path.join(
       _CHECKPOINT.value, f'eval_{results["split"].replace("+", "_")}.json')
   logging.info('Results: %s', results)
+  print(results['scoring'])
   print(f'{results["model"]} step {results["step"]} on {results["dataset"]} '
         f'{results["split"]} ({results["num_examples"]} examples, '
         f'{results["weights"]} weights): top-1 {100 * results["top1"]:.2f}%, '
-        f'top-5 {100 * results["top5"]:.2f}%, '
-        f'{results["images_per_sec"]:.1f} images/s. Written to {output}.')
+        f'top-5 {100 * results["top5"]:.2f}%; {results["eval_seconds"]:.1f} s '
+        f'for the pass, {results["images_per_sec"]:.1f} images/s after the '
+        f'first (compiling) batch. Written to {output}.')
   if jax.process_index() == 0:
     with open(output, 'w') as f:
       json.dump(results, f, indent=2)

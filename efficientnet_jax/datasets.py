@@ -2,8 +2,10 @@
 
 `get_builder` turns `config.dataset` / `config.data_dir` into a prepared
 `tfds.core.DatasetBuilder`, or raises a one-line error that names the problem
-and the fix (unknown name, ImageNet's manual download missing, a dataset
-without image/label features, a file format the reader cannot stream).
+and the fix (unknown name, a dataset not prepared yet and the `tfds build`
+command or manual download that prepares it, a dataset without image/label
+features, a file format the reader cannot stream). It works offline: nothing
+is downloaded, so a missing dataset fails at once instead of retrying.
 
 `Digits` is the offline demo dataset: scikit-learn's bundled handwritten digits
 (`sklearn.datasets.load_digits`, 1797 real 8x8 scans of 10 classes), so the
@@ -91,26 +93,23 @@ def _manual_dir(builder: tfds.core.DatasetBuilder) -> str:
   return os.path.join(builder.data_dir_root, 'downloads', 'manual')
 
 
-def _check_manual_files(builder: tfds.core.DatasetBuilder) -> None:
-  """Raises a one-line error if a manual-download dataset lacks its files."""
-  manual_dir = _manual_dir(builder)
-  name = builder.name
+def not_prepared_message(builder: tfds.core.DatasetBuilder) -> str:
+  """One line: the dataset is not prepared, and the command that prepares it."""
+  name, root = builder.name, builder.data_dir_root
+  build = f'`tfds build {name} --data_dir={root}`'
   if name == 'imagenet2012':
-    missing = [f for f in IMAGENET_ARCHIVES
-               if not os.path.exists(os.path.join(manual_dir, f))]
-    if missing:
-      raise FileNotFoundError(
-          f'imagenet2012 is not prepared in {builder.data_dir_root} and needs '
-          f'a manual download: put {" and ".join(IMAGENET_ARCHIVES)} (from '
-          f'https://image-net.org) in {manual_dir}/ (missing: '
-          f'{", ".join(missing)}), then run `tfds build imagenet2012 '
-          f'--data_dir={builder.data_dir_root}` or start training again.')
-  elif not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
-    raise FileNotFoundError(
-        f'{name} is not prepared in {builder.data_dir_root} and needs a '
-        f'manual download: place its files in {manual_dir}/ as its TFDS '
-        f'catalog page describes, then run `tfds build {name} '
-        f'--data_dir={builder.data_dir_root}`.')
+    # tfds imagenet2012 `_split_generators` builds each split whose archive
+    # is present, so the validation archive alone is enough to evaluate.
+    return (f'imagenet2012 is not prepared in {root}: put '
+            f'{IMAGENET_ARCHIVES[1]} (validation; add {IMAGENET_ARCHIVES[0]} '
+            f'to train) from https://image-net.org in {_manual_dir(builder)}/'
+            f', then run {build}.')
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    return (f'{name} is not prepared in {root} and needs a manual download: '
+            f'place its files in {_manual_dir(builder)}/ as its TFDS catalog '
+            f'page describes, then run {build}.')
+  return (f'{name} is not prepared in {root}: run {build} (it downloads the '
+          'data) on a machine with network access, then start again.')
 
 
 def check_features(builder: tfds.core.DatasetBuilder) -> None:
@@ -134,11 +133,39 @@ def check_features(builder: tfds.core.DatasetBuilder) -> None:
         'reads gray (1), RGB (3) or RGBA (4, alpha dropped) images.')
 
 
-def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS builder for `name`, preparing it on first use.
+def _prepare_digits(builder: tfds.core.DatasetBuilder
+                    ) -> tfds.core.DatasetBuilder:
+  """Prepares the demo dataset, on process 0 only when there are several."""
+  # Imported here: the rest of this module needs no jax.
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    if not builder.is_prepared():
+      logging.info('Preparing digits in %s.', builder.data_dir_root)
+      builder.download_and_prepare()
+    return builder
+  # Every process reaches the barrier, prepared or not, so that none waits
+  # for one that found the files already written and went on.
+  if jax.process_index() == 0 and not builder.is_prepared():
+    logging.info('Preparing digits in %s.', builder.data_dir_root)
+    builder.download_and_prepare()
+  multihost_utils.sync_global_devices('efficientnet_jax: digits prepared')
+  builder = Digits(data_dir=builder.data_dir_root)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f'digits is not prepared in {builder.data_dir_root} on process '
+        f'{jax.process_index()} after process 0 prepared it: give every '
+        'process the same (shared) config.data_dir.')
+  return builder
 
-  'digits' is prepared from scikit-learn; other datasets are downloaded by
-  TFDS (imagenet2012 needs its archives in the manual directory first).
+
+def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder for `name`; never downloads.
+
+  'digits' is prepared from scikit-learn on first use (no network; on process
+  0 of a multi-process job, the others waiting). Any other dataset must be
+  prepared beforehand (`tfds build`); one that is not fails at once with the
+  command that prepares it, before TFDS touches the network.
 
   Args:
     name: a TFDS name ('imagenet2012', 'cifar10', 'oxford_flowers102', ...,
@@ -149,7 +176,7 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     A builder whose `as_dataset` and split file instructions can be read.
   """
   if name == 'digits':
-    builder = Digits(data_dir=data_dir)
+    builder = _prepare_digits(Digits(data_dir=data_dir))
   else:
     try:
       builder = tfds.builder(name, data_dir=data_dir)
@@ -157,11 +184,10 @@ def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
       raise ValueError(
           f'unknown dataset {name!r}: use "digits" or a TFDS name with '
           'image/label features (see tfds.list_builders()).') from None
-  if not builder.is_prepared():
-    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-      _check_manual_files(builder)
-    logging.info('Preparing %s in %s.', name, builder.data_dir_root)
-    builder.download_and_prepare()
+    # Checked before `builder.info`, which for an unprepared dataset would
+    # look for its metadata on GCS.
+    if not builder.is_prepared():
+      raise FileNotFoundError(not_prepared_message(builder))
   check_features(builder)
   file_format = builder.info.file_format
   if file_format is not None and file_format.value != 'tfrecord':

@@ -21,12 +21,14 @@ import os
 import time
 from typing import Any, Callable, Iterator, Mapping
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
 from efficientnet_jax import errors
 from efficientnet_jax import input_pipeline
@@ -46,17 +48,22 @@ RUNTIME_MODEL_FIELDS = ('dtype', 'depthwise_impl', 'recompute',
 class PassResult:
   """One eval pass: metrics per variables name, predictions, timing.
 
-  `timed_examples` are the real (unpadded) examples after the first batch,
-  whose time includes compilation; `timed_seconds` is the time they took.
+  `timed_examples` are the real (mask 1, never padding) examples after the
+  first batch, whose time includes compilation; `timed_seconds` is the time
+  from the end of the first batch to the end of the pass, so `images_per_sec`
+  is the steady speed over the whole rest of the pass. `pass_seconds` is the
+  wall time of the whole pass, compilation included.
   """
   metrics: dict[str, dict[str, float]]
   predictions: list[dict[str, np.ndarray]]
   timed_examples: int
   timed_seconds: float
+  pass_seconds: float
 
   @property
   def images_per_sec(self) -> float:
-    if not self.timed_examples:
+    """Real examples per second after the first batch; NaN with one batch."""
+    if not self.timed_examples or self.timed_seconds <= 0:
       return math.nan
     return self.timed_examples / self.timed_seconds
 
@@ -95,6 +102,7 @@ def evaluate_pass(eval_fn: Callable[..., dict[str, jax.Array]],
   """
   totals = dict.fromkeys(variables)
   rows, first_count, start = [], 0.0, None
+  pass_start = time.perf_counter()
   for batch in eval_iter:
     global_batch = sharding.shard_batch(batch, mesh)
     for name, tree in variables.items():
@@ -107,7 +115,10 @@ def evaluate_pass(eval_fn: Callable[..., dict[str, jax.Array]],
           dict(index=global_batch['index'], label=global_batch['label'],
                mask=global_batch['mask'], **top), tiled=True))
     if start is None:
-      # Speed is timed from the end of the first (compiling) batch.
+      # Speed is timed from the end of the first (compiling) batch, for
+      # every set of variables. Counts are sums of the mask, so padding rows
+      # never count as images.
+      jax.block_until_ready(totals)
       first_count = float(jax.device_get(
           next(iter(totals.values()))['count']))
       start = time.perf_counter()
@@ -115,12 +126,13 @@ def evaluate_pass(eval_fn: Callable[..., dict[str, jax.Array]],
     raise errors.ConfigError('The eval split yielded no batches; check '
                              'config.eval_split (or --split) and '
                              'config.data_dir.')
+  # metrics_from_sums waits for the last batch before the clock is read.
   metrics = {name: metrics_from_sums(sums) for name, sums in totals.items()}
-  elapsed = time.perf_counter() - start
+  end = time.perf_counter()
   count = next(iter(metrics.values()))['num_examples']
   return PassResult(metrics=metrics, predictions=rows,
                     timed_examples=int(round(count - first_count)),
-                    timed_seconds=elapsed)
+                    timed_seconds=end - start, pass_seconds=end - pass_start)
 
 
 def checkpoint_model_config(config: ml_collections.ConfigDict,
@@ -140,6 +152,77 @@ def checkpoint_model_config(config: ml_collections.ConfigDict,
   return model_config
 
 
+def _normalisation_name(mean_rgb, std_rgb) -> str:
+  known = {(arch.IMAGENET_MEAN, arch.IMAGENET_STD): 'ImageNet mean/std',
+           (arch.LITE_MEAN, arch.LITE_STD): '(x - 127) / 128',
+           (arch.ADVPROP_MEAN, arch.ADVPROP_STD): 'AdvProp [-1, 1]'}
+  for (mean, std), name in known.items():
+    if np.allclose(mean_rgb, mean) and np.allclose(std_rgb, std):
+      return name
+  return (f'mean {[round(float(v), 3) for v in mean_rgb]} std '
+          f'{[round(float(v), 3) for v in std_rgb]}')
+
+
+def _network_words(spec: arch.ArchSpec, mean_rgb, std_rgb,
+                   padding: str) -> dict[str, str]:
+  name = spec.name
+  if spec.phi is not None:  # The rule's name does not say alpha and beta.
+    name += (f' (width {spec.width_coefficient:.4g}, depth '
+             f'{spec.depth_coefficient:.4g})')
+  return dict(network=name, resolution=f'{spec.resolution}px',
+              normalisation=_normalisation_name(mean_rgb, std_rgb),
+              padding=f'{padding} padding')
+
+
+def describe_scoring(config: ml_collections.ConfigDict,
+                     meta: Mapping[str, Any], net: network.Network,
+                     weights: str) -> dict[str, Any]:
+  """What eval scores: the checkpoint's network, and where the config differs.
+
+  Returns:
+    dict(line=the one-line summary eval.py logs first, scored=the network,
+    resolution, normalisation and padding scored, config_differences=
+    {field: (config's, scored)}, source=meta's source).
+  """
+  args = net.pipeline_args
+  padding = meta.get('padding') or config.model.padding
+  scored = _network_words(net.spec, args['mean_rgb'], args['std_rgb'],
+                          padding)
+  try:
+    asked_spec = arch.resolve(config.model.to_dict())
+    asked = _network_words(asked_spec, asked_spec.mean_rgb,
+                           asked_spec.std_rgb, config.model.padding)
+  except ValueError:
+    asked = dict(network=str(config.model.variant))
+  differences = {key: (asked[key], scored[key]) for key in asked
+                 if asked[key] != scored[key]}
+  if config.model.resolution is not None:
+    # The resolution the checkpoint's own model section gives.
+    try:
+      own_resolution = arch.resolve(
+          config.model.to_dict() | dict(meta.get('model') or {})).resolution
+    except ValueError:
+      own_resolution = None
+    if own_resolution != net.spec.resolution:
+      scored['resolution'] += (f' (config.model.resolution; the checkpoint\'s '
+                               f'own is {own_resolution}px)')
+  source = meta.get('source') or 'unrecorded'
+  line = (f'Scoring {scored["network"]} at {scored["resolution"]} '
+          f'({scored["normalisation"]} input, {scored["padding"]}, '
+          f'{"EMA" if weights == "ema" else "raw"} weights; source: '
+          f'{source})')
+  if differences:
+    line += (f'; config asks for '
+             f'{", ".join(value[0] for value in differences.values())}; '
+             f'checkpoint holds '
+             f'{", ".join(value[1] for value in differences.values())}: '
+             "scoring the checkpoint's network")
+  return dict(line=line + '.', scored=scored,
+              config_differences={key: list(value)
+                                  for key, value in differences.items()},
+              source=source)
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
                         split: str | None = None, step: int | None = None,
                         predictions_path: str | None = None,
@@ -153,7 +236,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
   checkpoint has them.
 
   Returns:
-    dict(top1, top5, loss, num_examples, images_per_sec, weights, step, ...).
+    dict(top1, top5, loss, num_examples, images_per_sec (real examples after
+    the compiling first batch), eval_seconds (the whole pass), weights, step,
+    scoring (the line logged before scoring: network, resolution,
+    normalisation, weights, source, and where the config differs), ...).
   """
   data = input_pipeline if data is None else data
   state, meta = checkpoints.restore_raw(directory, step)
@@ -177,6 +263,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
   mesh = sharding.create_mesh()
   jitted = steps.jit_steps(net.model, mesh)
   weights = 'ema' if state.get('ema_params') is not None else 'raw'
+  scoring = describe_scoring(config, meta, net, weights)
+  logging.info('%s', scoring['line'])
   variables = jax.device_put(variables, sharding.replicated(mesh))
   eval_iter = data.create_eval_iter(config, local_batch_size=local_batch_size,
                                     split=split, **net.pipeline_args)
@@ -195,7 +283,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, directory: str, *,
       resolution=net.spec.resolution,
       weights=weights,
       **result.metrics[weights],
-      images_per_sec=result.images_per_sec)
+      images_per_sec=result.images_per_sec,
+      eval_seconds=result.pass_seconds,
+      scoring=scoring['line'],
+      scored=scoring['scored'],
+      config_differences=scoring['config_differences'],
+      source=scoring['source'])
 
 
 def write_predictions(path: str, rows: list[dict[str, np.ndarray]]) -> None:

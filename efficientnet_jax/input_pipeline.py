@@ -51,11 +51,36 @@ CENTRED_DATASETS = ('digits',)
 PREFETCH_BATCHES = 2
 
 
-@dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  num_classes: int
-  num_train_examples: int
-  num_eval_examples: int
+  """Class count of a prepared dataset; a split's size only when read.
+
+  Evaluation reads `num_classes` and `num_eval_examples`, training also
+  `num_train_examples`; each split is looked up when its size is first read,
+  so a dataset with only its evaluation split prepared serves evaluation.
+  """
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, train_split: str,
+               eval_split: str):
+    self._builder = builder
+    self.train_split = train_split
+    self.eval_split = eval_split
+
+  @property
+  def num_classes(self) -> int:
+    return self._builder.info.features['label'].num_classes
+
+  @property
+  def num_train_examples(self) -> int:
+    return _split_info(self._builder, self.train_split).num_examples
+
+  @property
+  def num_eval_examples(self) -> int:
+    return _split_info(self._builder, self.eval_split).num_examples
+
+  def __repr__(self) -> str:
+    return (f'DatasetInfo({self._builder.name}, num_classes='
+            f'{self.num_classes}, splits: '
+            f'{", ".join(self._builder.info.splits)})')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +101,13 @@ def _split_info(builder: tfds.core.DatasetBuilder, split: Any):
 
 
 def dataset_info(config) -> DatasetInfo:
-  """Class count and split sizes of config.dataset (prepares it if needed)."""
+  """Class count and (lazily) split sizes of config.dataset.
+
+  Only the splits whose sizes are read need to be prepared: evaluation never
+  touches config.train_split.
+  """
   builder = datasets.get_builder(config.dataset, config.data_dir)
-  return DatasetInfo(
-      num_classes=builder.info.features['label'].num_classes,
-      num_train_examples=_split_info(builder, config.train_split).num_examples,
-      num_eval_examples=_split_info(builder, config.eval_split).num_examples)
+  return DatasetInfo(builder, config.train_split, config.eval_split)
 
 
 def _process_shard(builder, split: str, process_index: int, process_count: int

@@ -3,9 +3,11 @@ built here (JPEGs of odd sizes, and the scikit-learn digits); no download."""
 
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -47,6 +49,30 @@ class PipelineTestImages(tfds.core.GeneratorBasedBuilder):
       rng = np.random.default_rng(example_id)
       height, width = rng.integers(9, 121, size=2)
       image = rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
+      yield example_id, {'image': image, 'label': example_id}
+
+
+class ValidationOnlyImages(tfds.core.GeneratorBasedBuilder):
+  """5 PNGs in a `validation` split and no `train` split, as a user has
+  ImageNet when they only evaluate published weights."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3)),
+            'label': tfds.features.ClassLabel(num_classes=7),
+        }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'validation': self._generate_examples()}
+
+  def _generate_examples(self):
+    for example_id in range(5):
+      image = np.full((20, 24, 3), 40 * example_id, np.uint8)
       yield example_id, {'image': image, 'label': example_id}
 
 
@@ -99,8 +125,40 @@ class PipelineTest(parameterized.TestCase):
 
   def test_dataset_info(self):
     info = input_pipeline.dataset_info(_config(self.data_dir))
-    self.assertEqual(info, input_pipeline.DatasetInfo(
-        num_classes=37, num_train_examples=24, num_eval_examples=13))
+    self.assertEqual((info.num_classes, info.num_train_examples,
+                      info.num_eval_examples), (37, 24, 13))
+
+  def test_eval_needs_only_the_eval_split(self):
+    data_dir = _temporary_directory(self)
+    ValidationOnlyImages(data_dir=data_dir).download_and_prepare()
+    config = _config(data_dir, dataset='validation_only_images')
+    info = input_pipeline.dataset_info(config)
+    self.assertEqual((info.num_classes, info.num_eval_examples), (7, 5))
+    batches = list(input_pipeline.create_eval_iter(
+        config, **_model_kwargs('b0', 4, resolution=32), process_index=0,
+        process_count=1))
+    mask = np.concatenate([b['mask'] for b in batches])
+    np.testing.assert_array_equal(mask, [1] * 5 + [0] * 3)
+    # Training, and only training, needs the train split.
+    with self.assertRaisesRegex(ValueError, "no split 'train'.*validation"):
+      info.num_train_examples  # noqa: B018
+
+  def test_unprepared_dataset_fails_offline_with_the_prepare_command(self):
+    empty_dir = _temporary_directory(self)
+    with mock.patch.object(tfds.core.DatasetBuilder,
+                           'download_and_prepare') as download:
+      with self.assertRaisesRegex(
+          FileNotFoundError,
+          rf'^cifar10 is not prepared in {empty_dir}: run `tfds build '
+          rf'cifar10 --data_dir={empty_dir}`'):
+        input_pipeline.dataset_info(_config(empty_dir, dataset='cifar10'))
+      with self.assertRaisesRegex(
+          FileNotFoundError,
+          r'^imagenet2012 is not prepared .*ILSVRC2012_img_val.tar.* in '
+          r'.*/downloads/manual/, then run `tfds build imagenet2012 '):
+        input_pipeline.dataset_info(
+            _config(empty_dir, dataset='imagenet2012'))
+    download.assert_not_called()
 
   @parameterized.parameters(('b0', 'autoaugment'), ('b3', 'randaugment'))
   def test_train_batch(self, variant, augment_name):
@@ -233,12 +291,6 @@ class PipelineTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "unknown dataset 'no_such_set'"):
       input_pipeline.create_train_iter(
           _config(self.data_dir, dataset='no_such_set'), **kwargs)
-    empty_dir = _temporary_directory(self)
-    with self.assertRaisesRegex(
-        FileNotFoundError,
-        r'ILSVRC2012_img_train.tar.*in .*/downloads/manual/'):
-      input_pipeline.dataset_info(
-          _config(empty_dir, dataset='imagenet2012'))
     with self.assertRaisesRegex(ValueError, "augment='mixup'"):
       input_pipeline.create_train_iter(
           _config(self.data_dir, augment='mixup'), **kwargs)
@@ -256,8 +308,9 @@ class DigitsTest(absltest.TestCase):
   def test_digits_offline_dataset(self):
     data_dir = _temporary_directory(self)
     config = _config(data_dir, dataset='digits', eval_split='test')
-    self.assertEqual(input_pipeline.dataset_info(config),
-                     input_pipeline.DatasetInfo(10, 1437, 360))
+    info = input_pipeline.dataset_info(config)
+    self.assertEqual((info.num_classes, info.num_train_examples,
+                      info.num_eval_examples), (10, 1437, 360))
     # Stratified: 36 test digits of each class, give or take one.
     _, labels = datasets.digits_images_and_labels()
     test_labels = labels[datasets.digits_split_indices(labels)['test']]
@@ -271,6 +324,32 @@ class DigitsTest(absltest.TestCase):
     np.testing.assert_array_equal(batch['image'][..., 0],
                                   batch['image'][..., 2])
     self.assertGreater(batch['image'].max(), 200)
+
+  def test_digits_are_prepared_by_process_zero_while_the_others_wait(self):
+    data_dir = _temporary_directory(self)
+    events = []
+    prepare = datasets.Digits.download_and_prepare
+
+    def record_prepare(builder, *args, **kwargs):
+      events.append('prepare')
+      return prepare(builder, *args, **kwargs)
+
+    for process_index in (1, 0):
+      with mock.patch('jax.process_count', return_value=2), \
+          mock.patch('jax.process_index', return_value=process_index), \
+          mock.patch.object(multihost_utils, 'sync_global_devices',
+                            side_effect=lambda name: events.append('sync')), \
+          mock.patch.object(datasets.Digits, 'download_and_prepare',
+                            record_prepare):
+        if process_index == 1:
+          # Process 1 never prepares; after the barrier it finds nothing in
+          # an unshared data_dir and says so.
+          with self.assertRaisesRegex(FileNotFoundError,
+                                      'shared.*config.data_dir'):
+            datasets.get_builder('digits', data_dir)
+        else:
+          datasets.get_builder('digits', data_dir)
+    self.assertEqual(events, ['sync', 'prepare', 'sync'])
 
 
 if __name__ == '__main__':
