@@ -4,7 +4,7 @@ r"""One command reproduces the published ImageNet top-1 table.
       --output=repro
 
 `--checkpoints` holds downloaded published weights, each recognised by its
-name as the README's table names it:
+name as docs/pretrained.md names it:
 - official TF checkpoints (directories with `model.ckpt*` files, as the
   tarballs unpack), under the table's row name (`ckpt/b0-baseline/`,
   `ckpt/b0-aa/efficientnet-b0/`, ...), or under the tarball's own name where
@@ -103,7 +103,7 @@ NAME_SUFFIXES = {'baseline': '-baseline', 'aa': '-aa', 'ra': '-ra',
                  'advprop': '-advprop', 'ns': '-ns', 'lite': '', 'edgetpu': '',
                  'v2': '', 'v2-21k-ft1k': '-21k-ft1k'}
 NOT_YET = 'not yet: needs the checkpoint and ImageNet validation'
-# The README's copy of table.md sits between these lines.
+# docs/pretrained.md's copy of table.md sits between these lines.
 README_BEGIN = '<!-- generated:reproduce-table (python -m efficientnet_jax.reproduce) -->'
 README_END = '<!-- /generated:reproduce-table -->'
 

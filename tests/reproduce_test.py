@@ -191,13 +191,13 @@ def test_converts_scores_and_tabulates_then_resumes(setup, tmp_path):
   assert again['timm-b0-ns']['top1'] == entries['timm-b0-ns']['top1']
 
 
-def test_readme_table_is_the_generated_one(tmp_path):
+def test_docs_table_is_the_generated_one(tmp_path):
   empty = tmp_path / 'downloads'
   empty.mkdir()
   entries = reproduce.reproduce(str(empty), str(tmp_path / 'out'),
                                 data_dir=None)
   assert all(entry['state'] == reproduce.NOT_YET for entry in entries)
-  with open(os.path.join(REPO, 'README.md')) as f:
+  with open(os.path.join(REPO, 'docs', 'pretrained.md')) as f:
     readme = f.read()
   begin = readme.index(reproduce.README_BEGIN) + len(reproduce.README_BEGIN)
   end = readme.index(reproduce.README_END)
