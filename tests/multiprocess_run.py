@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from absl import logging
 import jax
 
 from efficientnet_jax import train_lib
@@ -39,6 +40,7 @@ def main():
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--steps', type=int, required=True)
   args = parser.parse_args()
+  logging.set_verbosity(logging.INFO)  # train_lib's progress lines.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.config.update('jax_disable_most_optimizations', True)
   jax.distributed.initialize(f'127.0.0.1:{args.port}',
