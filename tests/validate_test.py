@@ -158,3 +158,6 @@ def test_create_model_applies_the_same_checks():
     efficientnet_jax.create_model('b0', phi=30.0)
   with pytest.raises(errors.ConfigError, match=r'resolution=0 is not allowed'):
     efficientnet_jax.create_model('b0', resolution=0)
+  with pytest.raises(errors.ConfigError,
+                     match=r'num_classes=0 is not allowed: use an integer >= 1'):
+    efficientnet_jax.create_model('b0', num_classes=0)
