@@ -33,7 +33,8 @@ def main(argv):
   # Before anything is imported, prepared or written: a bad value fails in a
   # second, with nothing in the workdir.
   validate.check_config(_CONFIG.value)
-  with cli.sigterm_before_training(_WORKDIR.value):
+  with cli.sigterm_before_training(_WORKDIR.value,
+                                   enabled=not _DISTRIBUTED.value):
     cli.setup_devices(_DISTRIBUTED.value)
     # Imported here so that a refused config costs no TensorFlow/jax import.
     # pylint: disable=g-import-not-at-top

@@ -55,6 +55,8 @@ def create_model(variant: str, *, num_classes: int = 1000,
                     if k in overrides}
   if 'dtype' in module_options:
     module_options['dtype'] = jnp.dtype(module_options['dtype'])
+  validate.check_field('create_model num_classes', num_classes,
+                       validate.integer(1))
   fields = arch.parse_variant(variant)
   if set(overrides) <= set(fields):  # Else spec_for names the unknown ones.
     # The checks train.py applies (ranges, a network that fits a machine),

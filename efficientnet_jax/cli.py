@@ -230,7 +230,8 @@ def _newest_step(workdir: str) -> int | None:
 
 
 @contextlib.contextmanager
-def sigterm_before_training(workdir: str) -> Iterator[None]:
+def sigterm_before_training(workdir: str, *,
+                            enabled: bool = True) -> Iterator[None]:
   """SIGTERM while starting up exits at once with EXIT_NOTHING_SAVED.
 
   Start-up (dataset preparation, restoring, compiling) runs in C for minutes
@@ -238,9 +239,11 @@ def sigterm_before_training(workdir: str) -> Iterator[None]:
   thread reads the signal from signal.set_wakeup_fd and exits from there.
   While the training loop's own handler is installed (train_lib.sigterm_flag:
   save, then exit 143) the thread leaves SIGTERM to it. Single-process runs
-  on the main thread only, as the loop's handler.
+  on the main thread only, as the loop's handler (`enabled=False` for
+  --distributed: jax.distributed's preemption service owns SIGTERM there).
   """
-  if (threading.current_thread() is not threading.main_thread() or
+  if (not enabled or
+      threading.current_thread() is not threading.main_thread() or
       os.environ.get('JAX_COORDINATOR_ADDRESS')):
     yield
     return

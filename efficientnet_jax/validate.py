@@ -198,7 +198,8 @@ def _fail(field: str, value: Any, allowed: str) -> errors.ConfigError:
   return errors.ConfigError(f'{field}={value!r} is not allowed: use {allowed}.')
 
 
-def _check(field: str, value: Any, rule: Rule) -> None:
+def check_field(field: str, value: Any, rule: Rule) -> None:
+  """Raises the one-line ConfigError when `rule` refuses `value`."""
   allowed = rule(value)
   if allowed is not None:
     raise _fail(field, value, allowed)
@@ -229,7 +230,7 @@ def check_config(config: Mapping[str, Any], *, training: bool = True) -> None:
     if name not in config:
       raise errors.ConfigError(f'config has no field {name!r}; every recipe '
                                'defines it (see configs/imagenet.py).')
-    _check(f'config.{name}', config[name], rule)
+    check_field(f'config.{name}', config[name], rule)
   if 'model' not in config:
     raise errors.ConfigError('config has no model section (config.model).')
   check_dataset_name(config['dataset'])
@@ -263,7 +264,7 @@ def check_model_section(model: Mapping[str, Any], *,
       if execution is None and name not in arch.default_model_config():
         continue  # A variant's fields (arch.parse_variant) lack `padding`.
       raise errors.ConfigError(f'{prefix} has no field {name!r}.')
-    _check(f'{prefix}.{name}', model[name], rule)
+    check_field(f'{prefix}.{name}', model[name], rule)
   for name, rule in EXECUTION_RULES.items():
     found = (_find(execution, name) if execution is not None else
              ((f'{prefix}.{name}', model[name]) if name in model else None))
@@ -274,7 +275,7 @@ def check_model_section(model: Mapping[str, Any], *,
             'config.execution).')
       continue
     field, value = found
-    _check(field, value, rule)
+    check_field(field, value, rule)
     if name == 'dtype' and value == 'float16' and training:
       raise errors.ConfigError(
           f"{field}='float16' is not allowed for training: float16 "
@@ -367,7 +368,7 @@ def check_variant(variant: str, *, resolution: int | None = None,
   except ValueError as error:
     raise errors.ConfigError(f'{name}={variant!r}: {error}') from None
   if resolution is not None:
-    _check('--resolution', resolution, integer(MIN_RESOLUTION))
+    check_field('--resolution', resolution, integer(MIN_RESOLUTION))
     model['resolution'] = resolution
   return check_model_section(model, prefix=name)
 

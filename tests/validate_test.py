@@ -149,3 +149,15 @@ def test_check_variant_names_the_flag():
     validate.check_variant('b0', resolution=0)
   with pytest.raises(errors.ConfigError, match=r'--variant.phi=20.0'):
     validate.check_variant('phi=20')
+
+
+def test_create_model_applies_the_same_checks():
+  import efficientnet_jax  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigError,
+                     match=r"create_model\('b0'\)\.phi=30\.0 is not allowed"):
+    efficientnet_jax.create_model('b0', phi=30.0)
+  with pytest.raises(errors.ConfigError, match=r'resolution=0 is not allowed'):
+    efficientnet_jax.create_model('b0', resolution=0)
+  with pytest.raises(errors.ConfigError,
+                     match=r'num_classes=0 is not allowed: use an integer >= 1'):
+    efficientnet_jax.create_model('b0', num_classes=0)
