@@ -61,9 +61,9 @@ def source_line(results: dict) -> str:
 def setup_block(results: dict) -> str:
   """Machine, interpreters and package versions, and the recipe per batch."""
   machine = results['machine']
-  lines = [f"- Machine: {report.describe_machine(machine)} "
-           f"(load average {', '.join(f'{v:.1f}' for v in machine['load_average'])}"
-           ' over 1, 5, 15 minutes).']
+  loads = ', '.join(f'{value:.1f}' for value in machine['load_average'])
+  lines = [f'- Machine: {report.describe_machine(machine)} (load average '
+           f'{loads} over 1, 5, 15 minutes).']
   for python, versions in results.get('software', {}).items():
     packages = ', '.join(f'{name} {version}'
                          for name, version in sorted(versions.items()))

@@ -256,7 +256,7 @@ def input_pipeline_table(results: dict) -> str:
 
 
 def package_versions(names: list[str]) -> dict[str, str]:
-  """Installed versions of `names` in this interpreter (absent ones left out)."""
+  """Installed versions of `names` here (the absent ones left out)."""
   versions = {}
   for name in names:
     try:

@@ -15,7 +15,8 @@ def run(impl, task, round_index, img_s, rss):
               steps=2, warmup=1, dtype='float32', round=round_index,
               img_s=img_s, step_s=32 / img_s, first_step_s=40.0,
               max_rss_mb=rss, load_average=2.0,
-              recipe=dict(config='configs/imagenet.py:b0', learning_rate=0.002))
+              recipe=dict(config='configs/imagenet.py:b0',
+                          learning_rate=0.002))
 
 
 def write_throughput(results_dir):
@@ -28,7 +29,8 @@ def write_throughput(results_dir):
               software={}, settings=dict(repeats=2, steps=2, warmup=1,
                                          dtype='float32'),
               results=results, summary=report.summarise(results),
-              results_file='benchmarks/results/throughput-20261202T060000Z.json')
+              results_file=('benchmarks/results/'
+                            'throughput-20261202T060000Z.json'))
   (results_dir / 'throughput-latest.json').write_text(json.dumps(data))
 
 
