@@ -1,4 +1,4 @@
-"""Train-step and inference throughput: ours against timm and Keras, one CPU."""
+"""Train-step and inference throughput: ours against timm and Keras, one CPU.
 
 Every measurement runs in its own fresh process (benchmarks/contenders.py, so
 compile time and peak memory are that process's alone), and the runs take
