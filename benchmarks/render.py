@@ -86,13 +86,25 @@ def setup_block(results: dict) -> str:
   return '\n'.join(lines)
 
 
+def status(met: bool) -> str:
+  return 'met' if met else '**not met**'
+
+
 def input_pipeline_block(results: dict) -> str:
+  """The table, then AutoAugment's cost and rate against their targets."""
   ratios = results.get('cost_ratios', {})
   text = report.input_pipeline_table(results)
   if ratios:
-    text += (f"\n\nAutoAugment costs {ratios['autoaugment']:.2f}× and "
-             f"RandAugment {ratios['randaugment']:.2f}× the plain train "
-             'preprocessing in CPU time per image; load average '
+    cost = ratios['autoaugment']
+    rate = results['modes']['train_autoaugment']['images_per_cpu_s']
+    cost_met = status(cost <= report.AUGMENT_COST_TARGET)
+    rate_met = status(rate >= report.PREPROCESS_RATE_TARGET)
+    text += (f'\n\nAutoAugment costs {cost:.2f}× the plain train '
+             'preprocessing in CPU time per image (target ≤ '
+             f'{report.AUGMENT_COST_TARGET}×: {cost_met}) and runs at '
+             f'{rate:.0f} images per CPU-second (target ≥ '
+             f'{report.PREPROCESS_RATE_TARGET:.0f}: {rate_met}); RandAugment '
+             f"costs {ratios['randaugment']:.2f}×. Load average "
              f"{results['machine']['load_average'][0]:.1f} at the start and "
              f"{results['load_average_end']:.1f} at the end on "
              f"{results['machine']['usable_cores']} usable cores.")

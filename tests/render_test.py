@@ -39,9 +39,8 @@ def test_render_replaces_only_the_marked_blocks(tmp_path):
   rendered = render.blocks(render.load_latest(str(tmp_path)))
   before = '# Title\n\nProse before.\n\n'
   after = '\n\nProse after, untouched.\n'
-  text = (before +
-          '<!-- generated:throughput-summary (python -m benchmarks.render) -->\n'
-          'stale table\n'
+  marker = '<!-- generated:throughput-summary (python -m benchmarks.render) -->'
+  text = (before + marker + '\nstale table\n'
           '<!-- /generated:throughput-summary -->' + after)
 
   new_text, replaced, missing = render.replace_blocks(text, rendered)
