@@ -62,8 +62,10 @@ def setup_block(results: dict) -> str:
   """Machine, interpreters and package versions, and the recipe per batch."""
   machine = results['machine']
   loads = ', '.join(f'{value:.1f}' for value in machine['load_average'])
-  lines = [f'- Machine: {report.describe_machine(machine)} (load average '
-           f'{loads} over 1, 5, 15 minutes).']
+  memory = (f", {machine['memory_gib']:.0f} GiB"
+            if machine.get('memory_gib') else '')
+  lines = [f"- Machine: {machine['cpu']}, {machine['cores']} cores{memory}; "
+           f'load average {loads} (1, 5, 15 minutes) at the start.']
   for python, versions in results.get('software', {}).items():
     packages = ', '.join(f'{name} {version}'
                          for name, version in sorted(versions.items()))
@@ -79,10 +81,9 @@ def setup_block(results: dict) -> str:
     lines.append(f"- Recipe at batch {batch}, from `{recipe['config']}`: "
                  f'{fields}.')
   settings = results.get('settings', {})
-  lines.append(f"- {settings.get('repeats')} alternating rounds, "
-               f"{settings.get('warmup')} untimed steps after the first, "
-               f"then {settings.get('steps')} timed; dtype "
-               f"{settings.get('dtype')}.")
+  lines.append(f"- {settings.get('repeats')} alternating rounds; per run "
+               f"the first step, {settings.get('warmup')} untimed and "
+               f"{settings.get('steps')} timed; dtype {settings.get('dtype')}.")
   return '\n'.join(lines)
 
 
