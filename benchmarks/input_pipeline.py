@@ -118,6 +118,7 @@ def main(argv):
   command = report.command_line(module='benchmarks.input_pipeline')
   machine = report.machine_info()  # The load average before any window.
   started = report.utc_now().isoformat(timespec='seconds')
+  git = report.git_revision()
   cores = len(os.sched_getaffinity(0))
   jpegs = make_jpegs(_NUM_IMAGES.value)
   mean_kb = float(np.mean([len(j) for j in jpegs]) / 1024)
@@ -155,7 +156,7 @@ def main(argv):
   results = dict(
       kind='input_pipeline', command=command, started_utc=started,
       finished_utc=report.utc_now().isoformat(timespec='seconds'),
-      git=report.git_revision(), machine=machine,
+      git=git, machine=machine,
       software={sys.executable: report.package_versions(
           ['tensorflow', 'numpy', 'jax'])},
       settings=dict(seconds=_SECONDS.value, repeats=_REPEATS.value,

@@ -53,9 +53,13 @@ def load_latest(results_dir: str) -> dict[str, dict]:
 def source_line(results: dict) -> str:
   """Which file, command, date and machine a table comes from."""
   date = results.get('started_utc', '?').replace('T', ' ')[:16]
+  partial = ''
+  if results.get('complete') is False:
+    partial = (f" **A partial run: {len(results['results'])} of "
+               f"{results['runs_planned']} runs.**")
   return (f"Rendered from `{results.get('results_file', '?')}`: "
           f"`{results.get('command', '?')}`, {date} UTC, "
-          f"{report.describe_machine(results['machine'])}.")
+          f"{report.describe_machine(results['machine'])}.{partial}")
 
 
 def setup_block(results: dict) -> str:

@@ -50,8 +50,9 @@ and compares the growth of step time with the growth of multiply-adds.
 Every run writes its results to benchmarks/results/NAME-<UTC time>.json and
 NAME-latest.json (NAME: --results-name, default 'throughput', or 'scaling'
 with --scaling): the command line, the machine, every measurement and the
-summary; `python -m benchmarks.render` turns the latest into the docs'
-tables. With --json the last line printed is that JSON object.
+summary, rewritten after every run (`complete` is false until the last);
+`python -m benchmarks.render` turns the latest into the docs' tables. With
+--json the last line printed is that JSON object.
 """
 
 # The workers run under two interpreters: ours and the peers' virtualenv,
@@ -274,28 +275,39 @@ def print_progress(round_index: int, result: dict) -> None:
          f"{result['load_average']:.1f}"), file=sys.stderr, flush=True)
 
 
+def finish(output: dict, schedule: list[dict], args: argparse.Namespace,
+           complete: bool) -> dict:
+  """`output` with its summary (or scaling rows) and targets for the runs so
+  far; `complete` says whether every scheduled run is in."""
+  results = output['results']
+  output = dict(output, complete=complete,
+                finished_utc=report.utc_now().isoformat(timespec='seconds'),
+                runs_planned=len(schedule) * args.repeats)
+  if not results:
+    return output
+  if args.scaling:
+    from efficientnet_jax import arch  # pylint: disable=g-import-not-at-top
+    macs = {spec['variant']: arch.count_macs(arch.spec_for(spec['variant']))
+            for spec in schedule}
+    output['scaling'] = report.scaling_rows(results, macs)
+    output['targets'] = report.targets(None, output['scaling'])
+  else:
+    output['summary'] = report.summarise(results)
+    output['targets'] = report.targets(output['summary'], None)
+  return output
+
+
 def main() -> None:
   args = parse_args()
   args.impls = [i for i in args.impls.split(',') if i]
-  command = report.command_line()
-  machine = report.machine_info()  # The load average before any run.
-  started = report.utc_now().isoformat(timespec='seconds')
-  schedule, pythons = schedule_runs(args)
-
-  results = []
-  for round_index in range(1, args.repeats + 1):
-    for spec in schedule:
-      load_before = os.getloadavg()[0]
-      result = run_one(pythons[spec['impl']], spec, args.timeout)
-      result = dict(result, round=round_index, load_average_before=load_before)
-      results.append(result)
-      print_progress(round_index, result)
-
   output = dict(
       kind='scaling' if args.scaling else 'throughput',
-      command=command, started_utc=started,
-      finished_utc=report.utc_now().isoformat(timespec='seconds'),
-      git=report.git_revision(), machine=machine,
+      command=report.command_line(),
+      started_utc=report.utc_now().isoformat(timespec='seconds'),
+      git=report.git_revision(),
+      machine=report.machine_info())  # The load average before any run.
+  schedule, pythons = schedule_runs(args)
+  output.update(
       interpreters=dict(pythons), software=software(pythons),
       settings=dict(variant=args.variant, dtype=args.dtype,
                     repeats=args.repeats, steps=args.steps,
@@ -304,22 +316,29 @@ def main() -> None:
                     scaling=args.scaling or None,
                     scaling_batch=args.scaling_batch if args.scaling
                     else None),
-      results=results)
-  print(f'Machine: {report.describe_machine(machine)}; medians of '
+      results=[])
+  name = args.results_name or output['kind']
+
+  # The file is rewritten after every run (complete: false until the last),
+  # so an interrupted run still leaves what it measured.
+  for round_index in range(1, args.repeats + 1):
+    for spec in schedule:
+      load_before = os.getloadavg()[0]
+      result = run_one(pythons[spec['impl']], spec, args.timeout)
+      result = dict(result, round=round_index, load_average_before=load_before)
+      output['results'].append(result)
+      print_progress(round_index, result)
+      path = report.write_results(
+          finish(output, schedule, args, complete=False), name)
+
+  output = finish(output, schedule, args, complete=True)
+  path = report.write_results(output, name)
+  print(f'Machine: {report.describe_machine(output["machine"])}; medians of '
         f'{args.repeats} rounds, {args.steps} timed steps each.\n')
   if args.scaling:
-    from efficientnet_jax import arch  # pylint: disable=g-import-not-at-top
-    macs = {spec['variant']: arch.count_macs(arch.spec_for(spec['variant']))
-            for spec in schedule}
-    output['scaling'] = report.scaling_rows(results, macs)
-    output['targets'] = report.targets(None, output['scaling'])
     print(report.scaling_table(output['scaling']))
   else:
-    output['summary'] = report.summarise(results)
-    output['targets'] = report.targets(output['summary'], None)
     print(report.full_table(output['summary']))
-  name = args.results_name or output['kind']
-  path = report.write_results(output, name)
   print(f'# results: {os.path.relpath(path)} and {name}-latest.json',
         file=sys.stderr)
   if args.json:
