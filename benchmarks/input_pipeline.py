@@ -13,12 +13,17 @@ share the machine.
 
   python -m benchmarks.input_pipeline [--seconds=5] [--repeats=3] [--json]
 
-With --json the last line is one JSON object with all figures.
+Every run writes benchmarks/results/input_pipeline-<UTC time>.json and
+input_pipeline-latest.json: the command line, the machine (with the load
+average before and after), every window and the best figures per mode;
+`python -m benchmarks.render` turns the latest into docs/performance.md's
+table. With --json the last line printed is that JSON object.
 """
 
 import json
 import os
 import resource
+import sys
 import time
 
 from absl import app
@@ -27,6 +32,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import report
 from efficientnet_jax import arch
 from efficientnet_jax import input_pipeline
 
@@ -109,6 +115,10 @@ def timed_window(iterator, seconds: float) -> tuple[int, float, float]:
 
 def main(argv):
   del argv
+  command = report.command_line(module='benchmarks.input_pipeline')
+  machine = report.machine_info()  # The load average before any window.
+  started = report.utc_now().isoformat(timespec='seconds')
+  git = report.git_revision()
   cores = len(os.sched_getaffinity(0))
   jpegs = make_jpegs(_NUM_IMAGES.value)
   mean_kb = float(np.mean([len(j) for j in jpegs]) / 1024)
@@ -119,35 +129,51 @@ def main(argv):
       next(iterator)
   # Modes take turns, and each keeps its best window: other jobs on the
   # machine only ever slow a window down.
-  best = {mode: {'images_per_s': 0.0, 'images_per_cpu_s': 0.0}
-          for mode in MODES}
-  for _ in range(_REPEATS.value):
+  windows = []
+  for round_index in range(1, _REPEATS.value + 1):
     for mode in MODES:
       images, wall, cpu = timed_window(iterators[mode], _SECONDS.value)
-      best[mode]['images_per_s'] = max(best[mode]['images_per_s'],
-                                       images / wall)
-      best[mode]['images_per_cpu_s'] = max(best[mode]['images_per_cpu_s'],
-                                           images / cpu)
-  results = {'cores': cores, 'resolution': _RESOLUTION.value,
-             'mean_jpeg_kb': mean_kb, 'load_average': os.getloadavg()[0]}
+      windows.append(dict(mode=mode, round=round_index, images=images,
+                          wall_s=wall, cpu_s=cpu, images_per_s=images / wall,
+                          images_per_cpu_s=images / cpu,
+                          load_average=os.getloadavg()[0]))
+  modes = {}
   print(f'{"mode":20s} {"img/s":>8s} {"img/s/core":>11s} {"img/cpu-s":>10s}')
   for mode in MODES:
-    figures = dict(best[mode])
+    mine = [w for w in windows if w['mode'] == mode]
+    figures = dict(
+        images_per_s=max(w['images_per_s'] for w in mine),
+        images_per_cpu_s=max(w['images_per_cpu_s'] for w in mine))
     figures['images_per_s_per_core'] = figures['images_per_s'] / cores
-    results[mode] = figures
+    modes[mode] = figures
     print(f'{mode:20s} {figures["images_per_s"]:8.1f} '
           f'{figures["images_per_s_per_core"]:11.1f} '
           f'{figures["images_per_cpu_s"]:10.1f}')
-  for name in ('autoaugment', 'randaugment'):
-    results[f'{name}_cost_ratio'] = (
-        results['train_none']['images_per_cpu_s']
-        / results[f'train_{name}']['images_per_cpu_s'])
-  print(f'AutoAugment costs {results["autoaugment_cost_ratio"]:.2f}x and '
-        f'RandAugment {results["randaugment_cost_ratio"]:.2f}x the plain '
+  cost_ratios = {
+      name: (modes['train_none']['images_per_cpu_s']
+             / modes[f'train_{name}']['images_per_cpu_s'])
+      for name in ('autoaugment', 'randaugment')}
+  results = dict(
+      kind='input_pipeline', command=command, started_utc=started,
+      finished_utc=report.utc_now().isoformat(timespec='seconds'),
+      git=git, machine=machine,
+      software={sys.executable: report.package_versions(
+          ['tensorflow', 'numpy', 'jax'])},
+      settings=dict(seconds=_SECONDS.value, repeats=_REPEATS.value,
+                    num_images=_NUM_IMAGES.value,
+                    batch_size=_BATCH_SIZE.value),
+      cores=cores, resolution=_RESOLUTION.value, mean_jpeg_kb=mean_kb,
+      load_average_end=os.getloadavg()[0], windows=windows, modes=modes,
+      cost_ratios=cost_ratios)
+  print(f'AutoAugment costs {cost_ratios["autoaugment"]:.2f}x and '
+        f'RandAugment {cost_ratios["randaugment"]:.2f}x the plain '
         'train preprocessing (CPU time per image); load average '
-        f'{results["load_average"]:.1f} on {cores} cores.')
+        f'{results["load_average_end"]:.1f} on {cores} cores.')
+  path = report.write_results(results, 'input_pipeline')
+  logging.info('Results: %s and input_pipeline-latest.json', path)
   if _JSON.value:
-    print(json.dumps(results))
+    with open(path) as f:
+      print(json.dumps(json.load(f)))
 
 
 if __name__ == '__main__':
