@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = common.model_config(arg)
   # TPU-MAIN use_bfloat16 (True since 2020; docs/reference.md §5.8): bf16 compute,
   # float32 variables and loss. Set 'float32' on CPU.
-  config.model.dtype = 'bfloat16'
+  config.execution = common.execution_config('bfloat16')
 
   config.dataset = 'imagenet2012'
   config.data_dir = ml_collections.FieldReference(None, field_type=str)

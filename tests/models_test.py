@@ -15,6 +15,7 @@ from configs import common
 import efficientnet_jax
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
+from efficientnet_jax import execution
 from efficientnet_jax import layers
 from efficientnet_jax import models
 from tests import tiny
@@ -45,10 +46,20 @@ def train_fn(model):
   return jax.jit(logits)
 
 
+def module_options(options):
+  """EfficientNet fields from options, execution fields resolved into one
+  Execution for this backend."""
+  options = dict(options)
+  fields = {k: options.pop(k) for k in execution.FIELDS if k in options}
+  if fields:
+    options['execution'] = execution.resolve(fields)
+  return options
+
+
 def tiny_model(**options):
   """B0 layout at 32 px: every block type, compiled in seconds."""
   return models.EfficientNet(arch.spec_for('b0', resolution=32), num_classes=10,
-                             **options)
+                             **module_options(options))
 
 
 @functools.cache
@@ -245,7 +256,7 @@ def four_block_model(**options):
   """B0's first four blocks at 64 px: no expansion, stride 2, skip, 5x5."""
   spec = arch.spec_for('b0', resolution=64)
   return models.EfficientNet(dataclasses.replace(spec, blocks=spec.blocks[:4]),
-                             num_classes=10, **options)
+                             num_classes=10, **module_options(options))
 
 
 def train_loss_grad(model):
@@ -332,10 +343,56 @@ class RecomputeTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "Unknown recompute policy 'some'"):
       models.abstract_variables(four_block_model(recompute='some'))
 
-  def test_config_and_model_share_the_min_bytes_default(self):
-    # configs/ imports no jax, so the config spells the default out.
-    self.assertEqual(common.model_config('b0').recompute_min_bytes,
-                     models.DEFAULT_RECOMPUTE_MIN_BYTES)
+  def test_config_spells_out_the_execution_defaults(self):
+    # configs/ imports no jax, so the config spells the defaults out.
+    self.assertEqual(common.execution_config().to_dict(), execution.DEFAULTS)
+
+
+class AcceleratorDefaultsTest(absltest.TestCase):
+  """The execution resolved for GPU/TPU, forced on CPU: plain layers."""
+
+  def test_forward_mode_autodiff_and_same_logits_as_cpu_defaults(self):
+    accelerator = execution.resolve(None, 'gpu')
+    self.assertEqual((accelerator.recompute, accelerator.kernels,
+                      accelerator.depthwise_impl,
+                      accelerator.inference_chunk_bytes),
+                     ('none', 'xla', 'grouped', 0))
+    self.assertFalse(accelerator.uses_custom_gradients)
+    self.assertTrue(execution.resolve(None, 'cpu').uses_custom_gradients)
+    plain = tiny_model(execution=accelerator)
+    variables = tiny_variables()
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    cpu_model = tiny_model(execution=execution.resolve(None, 'cpu'))
+    np.testing.assert_allclose(eval_fn(plain)(variables, images),
+                               eval_fn(cpu_model)(variables, images),
+                               rtol=1e-5, atol=1e-5)
+
+    params = variables['params']
+    keys = iter(jax.random.split(jax.random.key(3), 1000))
+    tangent = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape),
+                           params)
+    cotangent = jax.random.normal(jax.random.key(4), (2, 10))
+
+    def logits(params):
+      return plain.apply({'params': params,
+                          'batch_stats': variables['batch_stats']},
+                         images, train=False)
+
+    def loss(params):
+      return jnp.sum(logits(params) * cotangent)
+
+    # <J t, u> = <t, J^T u>: forward mode agrees with reverse mode.
+    _, jvp_out = jax.jit(lambda t: jax.jvp(logits, (params,), (t,)))(tangent)
+    grads = jax.jit(jax.grad(loss))(params)
+    dot = sum(jnp.vdot(t, g) for t, g in zip(jax.tree.leaves(tangent),
+                                             jax.tree.leaves(grads)))
+    np.testing.assert_allclose(jnp.vdot(jvp_out, cotangent), dot, rtol=1e-4)
+    # Hessian-vector product (forward over reverse), finite and nonzero.
+    _, hvp = jax.jit(lambda t: jax.jvp(jax.grad(loss), (params,), (t,)))(
+        tangent)
+    leaves = jax.tree.leaves(hvp)
+    self.assertTrue(all(bool(jnp.all(jnp.isfinite(h))) for h in leaves))
+    self.assertGreater(sum(float(jnp.abs(h).sum()) for h in leaves), 0)
 
 
 class ApiTest(absltest.TestCase):
@@ -379,10 +436,13 @@ class ApiTest(absltest.TestCase):
     # arch's ValueError through); here the options create_model forwards.
     model, _ = efficientnet_jax.create_model(
         'b0', num_classes=10, resolution=32, recompute_min_bytes=0,
-        recompute='all', inference_chunk_bytes=0, padding='symmetric')
-    self.assertEqual((model.recompute_min_bytes, model.recompute,
-                      model.inference_chunk_bytes, model.padding),
-                     (0, 'all', 0, 'symmetric'))
+        recompute='all', inference_chunk_bytes=0, padding='symmetric',
+        dtype='bfloat16')
+    self.assertEqual((model.execution.recompute_min_bytes,
+                      model.execution.recompute,
+                      model.execution.inference_chunk_bytes, model.padding,
+                      model.dtype),
+                     (0, 'all', 0, 'symmetric', jnp.bfloat16))
     with self.assertRaisesRegex(ValueError, r"Unknown model option\(s\) "
                                 r"\['recompute_bytes'\]"):
       efficientnet_jax.create_model('b0', recompute_bytes=0)
