@@ -1,7 +1,9 @@
-"""EfficientNet in Flax Linen: stem, MBConv blocks, head (Tan & Le, 2019).
+"""EfficientNet in Flax Linen: stem, blocks, head (Tan & Le, 2019 and 2021).
 
-The modules read a resolved `arch.ArchSpec`; they never parse block strings
-or scale anything themselves. Parameter names are stable (`stem`,
+Blocks: MBConv (V1, Lite, EdgeTPU, V2), Fused-MBConv (V2) and EdgeTPU's
+fused expansion; `BLOCK_MODULES` maps each `arch.BLOCK_TYPES` entry to its
+module. The modules read a resolved `arch.ArchSpec`; they never parse block
+strings or scale anything themselves. Parameter names are stable (`stem`,
 `blocks_<stage>_<index>`, `head`, `classifier`) so that converters can map the
 official TF, Keras and timm checkpoints onto them.
 """
@@ -131,11 +133,7 @@ class MBConv(nn.Module):
                   x, affine, params)
 
     x = self.norm(name='project_bn')(x, train=train)
-    if spec.has_skip:
-      if train and spec.drop_path_rate > 0:
-        x = layers.drop_path(x, spec.drop_path_rate, self.make_rng('dropout'))
-      x = x + inputs
-    return x
+    return _residual(self, x, inputs, train=train)
 
   def _on_chunks(self, x: jax.Array, chunk: int) -> jax.Array:
     """The block in inference, on consecutive chunks of `chunk` examples."""
@@ -184,6 +182,86 @@ def _project_stage(x: jax.Array, affine: layers.Affine, params: Any, *,
   if se is not None:
     x = se.apply({'params': params['se']}, x)
   return project.apply({'params': params['project_conv']}, x)
+
+
+def _residual(module: nn.Module, x: jax.Array, inputs: jax.Array, *,
+              train: bool) -> jax.Array:
+  """x + inputs with drop-path in training, when the block has a skip."""
+  spec = module.spec
+  if not spec.has_skip:
+    return x
+  if train and spec.drop_path_rate > 0:
+    x = layers.drop_path(x, spec.drop_path_rate, module.make_rng('dropout'))
+  return x + inputs
+
+
+class FusedMBConv(nn.Module):
+  """Fused-MBConv (Tan & Le, 2021, Fig. 2; V2-MODEL FusedMBConvBlock).
+
+  The k x k expansion conv at the block's stride replaces MBConv's 1x1
+  expansion and depthwise conv: expand, BN, act, [SE], 1x1 project, BN.
+  With expand_ratio 1 the k x k conv at the stride is the whole block,
+  followed by BN and act (V2-MODEL applies the activation there).
+  """
+  spec: arch.BlockSpec
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  padding: str = 'same'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    spec = self.spec
+    inputs = x
+    k = spec.kernel_size
+    pads = layers.spatial_padding(x.shape, k, spec.stride, self.padding)
+    if spec.expand_ratio == 1:
+      x = self.conv(spec.out_filters, (k, k), strides=(spec.stride,) * 2,
+                    padding=pads, name='project_conv')(x)
+      x = self.act(self.norm(name='project_bn')(x, train=train))
+      return _residual(self, x, inputs, train=train)
+    x = self.conv(spec.mid_filters, (k, k), strides=(spec.stride,) * 2,
+                  padding=pads, name='expand_conv')(x)
+    x = self.act(self.norm(name='expand_bn')(x, train=train))
+    if spec.se_filters:
+      x = SqueezeExcite(spec.se_filters, self.act, self.dtype, name='se')(x)
+    x = self.conv(spec.out_filters, (1, 1), name='project_conv')(x)
+    x = self.norm(name='project_bn')(x, train=train)
+    return _residual(self, x, inputs, train=train)
+
+
+class FusedExpand(nn.Module):
+  """EdgeTPU's block without depthwise conv (TPU-MODEL
+  MBConvBlockWithoutDepthwise): a k x k expansion at stride 1, BN, act, then
+  a 1x1 projection at the block's stride, BN. Unlike Fused-MBConv the stride
+  is on the projection."""
+  spec: arch.BlockSpec
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  padding: str = 'same'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    spec = self.spec
+    inputs = x
+    k = spec.kernel_size
+    if spec.expand_ratio != 1:
+      pads = layers.spatial_padding(x.shape, k, 1, self.padding)
+      x = self.conv(spec.mid_filters, (k, k), padding=pads,
+                    name='expand_conv')(x)
+      x = self.act(self.norm(name='expand_bn')(x, train=train))
+    pads = layers.spatial_padding(x.shape, 1, spec.stride, self.padding)
+    x = self.conv(spec.out_filters, (1, 1), strides=(spec.stride,) * 2,
+                  padding=pads, name='project_conv')(x)
+    x = self.norm(name='project_bn')(x, train=train)
+    return _residual(self, x, inputs, train=train)
+
+
+BLOCK_MODULES = {'mbconv': MBConv, 'fused_mbconv': FusedMBConv,
+                 'fused_expand': FusedExpand}
 
 
 class EfficientNet(nn.Module):
@@ -262,8 +340,8 @@ class EfficientNet(nn.Module):
     depthwise = functools.partial(layers.DepthwiseConv, padding=self.padding,
                                   impl=execution.depthwise_impl,
                                   dtype=self.dtype)
-    norm = functools.partial(layers.BatchNorm, group_size=self.bn_group_size,
-                             dtype=self.dtype)
+    norm = functools.partial(layers.BatchNorm, momentum=spec.bn_momentum,
+                             group_size=self.bn_group_size, dtype=self.dtype)
 
     x = images
     if self.normalize_input:
@@ -281,8 +359,13 @@ class EfficientNet(nn.Module):
       if block.stride == 2:
         endpoints[f'stride_{stride}'] = x
         stride *= 2
-      x = MBConv(block, conv, depthwise, norm, act, execution,
-                 name=block.name)(x, train=train)
+      if block.block_type == 'mbconv':
+        x = MBConv(block, conv, depthwise, norm, act, execution,
+                   name=block.name)(x, train=train)
+      else:
+        x = BLOCK_MODULES[block.block_type](
+            block, conv, norm, act, self.padding, self.dtype,
+            name=block.name)(x, train=train)
     endpoints[f'stride_{stride}'] = x
 
     x = conv(spec.head_filters, (1, 1), name='head_conv')(x)
