@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   EdgeTPU and V2 presets train with this (V1) recipe at their eval
   resolution; V2's progressive resizing and per-variant RandAugment/mixup
-  (docs/reference.md §9.3) are not part of it.
+  (docs/reference.md §10.3) are not part of it.
   """
   config = ml_collections.ConfigDict()
   config.seed = 0

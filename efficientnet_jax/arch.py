@@ -13,7 +13,7 @@ tensorflow/tpu models/official/efficientnet/efficientnet_builder.py, TPU-MODEL
 its efficientnet_model.py, TPU-LITE lite/efficientnet_lite_builder.py,
 TPU-EDGE edgetpu/efficientnet_edgetpu_builder.py, V2-CONF google/automl
 efficientnetv2/effnetv2_configs.py, V2-MODEL its effnetv2_model.py, V2-HP its
-hparams.py; docs/reference.md §9 collects the V2 and EdgeTPU facts).
+hparams.py; docs/reference.md §10 collects the V2 and EdgeTPU facts).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class Family:
   resize_method: str
 
 
-# docs/reference.md §6.3 (V1, Lite) and §9 (EdgeTPU, V2) for the input
+# docs/reference.md §6.3 (V1, Lite) and §10 (EdgeTPU, V2) for the input
 # formats; BN momentum TPU-BUILD 0.99, TPU-EDGE 0.99, V2-HP 0.9.
 FAMILY_TABLE: dict[str, Family] = {
     'efficientnet': Family(
@@ -211,7 +211,7 @@ _V1_INPUT = (IMAGENET_MEAN, IMAGENET_STD, 'bicubic')
 # TPU-EDGE `efficientnet_edgetpu_params` and V2-CONF's (width, depth, eval
 # size, dropout), verbatim. From B4 up the V1 rows are not alpha**phi etc.
 # (docs/reference.md §2.3). V2's resolution is its eval size; the official
-# recipe trains progressively up to a smaller size (§9).
+# recipe trains progressively up to a smaller size (§10.3).
 PRESETS: dict[str, Preset] = {
     'b0': Preset(1.0, 1.0, 224, 0.2),
     'b1': Preset(1.0, 1.1, 240, 0.2),

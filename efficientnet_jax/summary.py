@@ -24,7 +24,7 @@ from efficientnet_jax import models
 # efficientnetv2 README (Params, FLOPs), XL the paper's Table 7; EdgeTPU:
 # timm's param_count and infer_gmacs for tf_efficientnet_e{s,m,l}, whose
 # port strides the 3x3 expansion where TPU-MODEL strides the 1x1 projection
-# (so ours/paper is ~1.2-1.3 there). docs/reference.md §9.
+# (so ours/paper is ~1.2-1.3 there). docs/reference.md §10.
 PUBLISHED = {
     'v2-b0': (7.1e6, 0.72e9), 'v2-b1': (8.1e6, 1.2e9),
     'v2-b2': (10.1e6, 1.7e9), 'v2-b3': (14.4e6, 3.0e9),

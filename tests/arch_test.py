@@ -160,7 +160,7 @@ class RuleTest(parameterized.TestCase):
     self.assertEqual((spec.resolution, spec.dropout_rate), (64, 0.1))
 
 
-# docs/reference.md §9.4 (V2) and §9.5 (EdgeTPU), from REFERENCE-V2 and the
+# docs/reference.md §10.4 (V2) and §10.5 (EdgeTPU), from REFERENCE-V2 and the
 # official tables: stem, (repeats x out) per stage, head; and multiply-adds
 # (G) at the eval size: the reference's independent count to the digit, and
 # timm's infer_gmacs within 2%.

@@ -28,8 +28,8 @@ TRAINABLE_PARAMS = {
     'b8': 87_413_142, 'l2': 480_309_308,
     'lite0': 4_652_008, 'lite1': 5_416_680, 'lite2': 6_092_072,
     'lite3': 8_197_096, 'lite4': 13_006_568,
-    # docs/reference.md §9.4: google/automl effnetv2_model_test.py totals less
-    # BN statistics = timm = Keras trainable; §9.5: timm's tf_efficientnet_e*
+    # docs/reference.md §10.4: google/automl effnetv2_model_test.py totals less
+    # BN statistics = timm = Keras trainable; §10.5: timm's tf_efficientnet_e*
     # (1000 classes).
     'v2-b0': 7_139_704, 'v2-b1': 8_141_052, 'v2-b2': 10_096_086,
     'v2-b3': 14_358_406, 'v2-s': 21_458_488, 'v2-m': 54_139_356,
@@ -119,7 +119,7 @@ class SizeTest(parameterized.TestCase):
     self.assertNotIn('classifier', variables['params'])
 
 
-# docs/reference.md §9.4: google/automl effnetv2_model_test.py count_params,
+# docs/reference.md §10.4: google/automl effnetv2_model_test.py count_params,
 # which counts the BN moving statistics too.
 OFFICIAL_V2_TOTAL = {'v2-b0': 7_200_312, 'v2-s': 21_612_360}
 
@@ -146,7 +146,7 @@ class FusedBlocksTest(parameterized.TestCase):
     assert models.count_params(variables) == OFFICIAL_V2_TOTAL[variant]
 
   def test_edgetpu_official_head_of_1001_classes(self):
-    # TPU-EDGE: 1001 classes, label 0 = background (docs/reference.md §9.5).
+    # TPU-EDGE: 1001 classes, label 0 = background (docs/reference.md §10.5).
     variables = models.abstract_variables(
         models.EfficientNet(arch.spec_for('edgetpu-s'), num_classes=1001))
     self.assertEqual(models.count_params(variables['params']), 5_439_673)
