@@ -1,4 +1,5 @@
-"""Pieces every recipe shares: the variant argument and the model section.
+"""Pieces every recipe shares: the variant argument, the model and execution
+sections.
 
 No jax import, so configs load instantly (configs_test loads them all).
 """
@@ -24,13 +25,26 @@ def model_config(arg: str | None) -> ml_collections.ConfigDict:
     if name in typed_none:
       value = ml_collections.FieldReference(value, field_type=typed_none[name])
     section[name] = value
-  section.dtype = 'float32'  # Compute dtype; 'bfloat16' on GPU/TPU.
   section.padding = 'same'  # TF 'SAME'; 'symmetric' for timm's own weights.
   section.bn_group_size = ml_collections.FieldReference(None, field_type=int)
-  section.depthwise_impl = 'auto'  # 'shifted' on CPU, 'grouped' elsewhere.
+  return section
+
+
+def execution_config(dtype: str = 'float32') -> ml_collections.ConfigDict:
+  """How the network runs: never recorded in checkpoints, resolved once per
+  backend by efficientnet_jax/execution.py (whose DEFAULTS these mirror;
+  'auto' and None pick the backend's choice there)."""
+  section = ml_collections.ConfigDict()
+  section.dtype = dtype  # Compute dtype; 'bfloat16' on GPU/TPU.
+  # 'cpu': the XLA:CPU kernels (1x1 as dots, stem as patches, swish keeping
+  # only its input); 'xla': plain flax layers; 'auto': 'cpu' on CPU.
+  section.kernels = 'auto'
+  # 'shifted' (CPU kernel) or 'grouped' (lax); 'auto' follows `kernels`.
+  section.depthwise_impl = 'auto'
   # Train: which activations the backward pass recomputes instead of keeping:
   # 'all' (least memory), 'project' or 'none' (fastest); see models.MBConv.
-  section.recompute = 'project'
+  # 'auto': 'project' on CPU, 'none' (XLA's own choice) elsewhere.
+  section.recompute = 'auto'
   # ...and only the stages whose input takes at least this many bytes per
   # example; 0 recomputes every stage the policy names.
   section.recompute_min_bytes = 1 << 20

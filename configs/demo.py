@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.model = common.model_config(arg or 'b0')
   config.model.resolution = 32  # The digits are 8x8; 32 px keeps CPU fast.
-  config.model.dtype = 'float32'  # bf16 is slow on CPU.
+  config.execution = common.execution_config('float32')  # bf16 is slow on CPU.
 
   config.dataset = 'digits'
   config.data_dir = ml_collections.FieldReference(None, field_type=str)

@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = common.model_config(variant)
-  config.model.dtype = 'bfloat16'  # As the ImageNet recipe; 'float32' on CPU.
+  # As the ImageNet recipe; 'float32' on CPU.
+  config.execution = common.execution_config('bfloat16')
 
   config.dataset = dataset
   config.data_dir = ml_collections.FieldReference(None, field_type=str)

@@ -1,6 +1,7 @@
 """ImageNet recipe of Tan & Le (2019), as the official TPU code runs it.
 
-Command (variant after the colon: b0..b8, l2, lite0..lite4, or phi=<float>):
+Command (variant after the colon: b0..b8, l2, lite0..lite4, edgetpu-s/m/l,
+v2-b0..v2-b3, v2-s/m/l/xl, or phi=<float>):
 
   python train.py --config=configs/imagenet.py:b0 --workdir=runs/b0 \
       --config.data_dir=/data/tfds
@@ -25,13 +26,19 @@ RANDAUGMENT_MAGNITUDE = {'b5': 17, 'b7': 28, 'b8': 28}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The recipe for one variant: 'b0'..'b8', 'l2', 'lite0'..'lite4', 'phi=x'."""
+  """The recipe for one variant: 'b0'..'b8', 'l2', 'lite0'..'lite4',
+  'edgetpu-s'.., 'v2-b0'..'v2-xl', 'phi=x'.
+
+  EdgeTPU and V2 presets train with this (V1) recipe at their eval
+  resolution; V2's progressive resizing and per-variant RandAugment/mixup
+  (docs/reference.md §10.3) are not part of it.
+  """
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = common.model_config(arg)
   # TPU-MAIN use_bfloat16 (True since 2020; docs/reference.md §5.8): bf16 compute,
   # float32 variables and loss. Set 'float32' on CPU.
-  config.model.dtype = 'bfloat16'
+  config.execution = common.execution_config('bfloat16')
 
   config.dataset = 'imagenet2012'
   config.data_dir = ml_collections.FieldReference(None, field_type=str)

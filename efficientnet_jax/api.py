@@ -8,18 +8,16 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
+from efficientnet_jax import execution as execution_lib
 from efficientnet_jax import models
 from efficientnet_jax import validate
 
 # Options of the Flax module (models.EfficientNet) that create_model accepts.
-MODULE_OPTIONS = ('dtype', 'padding', 'include_top', 'bn_group_size',
-                  'depthwise_impl', 'recompute', 'recompute_min_bytes',
-                  'inference_chunk_bytes', 'normalize_input', 'mean_rgb',
-                  'std_rgb')
+MODULE_OPTIONS = ('padding', 'include_top', 'bn_group_size',
+                  'normalize_input', 'mean_rgb', 'std_rgb')
 
 
 def create_model(variant: str, *, num_classes: int = 1000,
@@ -37,12 +35,14 @@ def create_model(variant: str, *, num_classes: int = 1000,
     rng: PRNG key for random initialisation (default key 0); unused when
       loading a checkpoint.
     **overrides: model-section fields (`phi`, `alpha`, `beta`, `gamma`,
-      `depth_divisor`, `drop_path_rate`, `dropout_rate`) and module options
-      (`dtype`: 'float32' or 'bfloat16', `padding`: 'same' or 'symmetric',
-      `include_top`, `bn_group_size`, `depthwise_impl`, `recompute`,
-      `recompute_min_bytes`, `inference_chunk_bytes`,
-      `mean_rgb`/`std_rgb`,
-      `normalize_input`: True to feed raw [0, 255] RGB).
+      `depth_divisor`, `drop_path_rate`, `dropout_rate`, `resolution`),
+      module options (`padding`: 'same' or 'symmetric', `include_top`,
+      `bn_group_size`, `mean_rgb`/`std_rgb`, `normalize_input`: True to
+      feed raw [0, 255] RGB) and execution options, resolved for jax's
+      default backend into `model.execution` (`dtype`: 'float32' or
+      'bfloat16', `kernels`, `depthwise_impl`, `recompute`,
+      `recompute_min_bytes`, `inference_chunk_bytes`; see
+      efficientnet_jax/execution.py).
 
   Returns:
     (model, variables). `model.apply(variables, images, train=False)` takes a
@@ -53,8 +53,8 @@ def create_model(variant: str, *, num_classes: int = 1000,
   """
   module_options = {k: overrides.pop(k) for k in MODULE_OPTIONS
                     if k in overrides}
-  if 'dtype' in module_options:
-    module_options['dtype'] = jnp.dtype(module_options['dtype'])
+  module_options['execution'] = execution_lib.resolve(
+      {k: overrides.pop(k) for k in execution_lib.FIELDS if k in overrides})
   validate.check_field('create_model num_classes', num_classes,
                        validate.integer(1))
   fields = arch.parse_variant(variant)

@@ -40,8 +40,11 @@ from efficientnet_jax import steps
 Batch = Mapping[str, Any]
 # Fields of a checkpoint's model section that only change how the network is
 # computed, not what it is; eval takes them from the config, not the meta.
+# Execution fields that checkpoints written before config.execution existed
+# recorded in their model section; the run's own execution section replaces
+# them.
 RUNTIME_MODEL_FIELDS = ('dtype', 'depthwise_impl', 'recompute',
-                        'inference_chunk_bytes')
+                        'recompute_min_bytes', 'inference_chunk_bytes')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,14 +140,18 @@ def evaluate_pass(eval_fn: Callable[..., dict[str, jax.Array]],
 
 def checkpoint_model_config(config: ml_collections.ConfigDict,
                             meta: Mapping[str, Any]) -> dict[str, Any]:
-  """The checkpoint's model section, with the config's runtime fields.
+  """The checkpoint's model section, carrying the config's execution section.
 
   The config's `resolution` wins when set, and the checkpoint's padding is
-  always kept (it is part of what the weights learned).
+  always kept (it is part of what the weights learned). How it runs comes
+  from the config, never the checkpoint: the result carries
+  `config.execution` under 'execution', which network.build reads.
   """
   model_config = config.model.to_dict() | dict(meta.get('model') or {})
   for field in RUNTIME_MODEL_FIELDS:
-    model_config[field] = config.model[field]
+    model_config.pop(field, None)
+  if 'execution' in config:
+    model_config['execution'] = config.execution.to_dict()
   if config.model.resolution is not None:
     model_config['resolution'] = config.model.resolution
   if meta.get('padding'):

@@ -1,13 +1,16 @@
-"""EfficientNet in Flax Linen: stem, MBConv blocks, head (Tan & Le, 2019).
+"""EfficientNet in Flax Linen: stem, blocks, head (Tan & Le, 2019 and 2021).
 
-The modules read a resolved `arch.ArchSpec`; they never parse block strings
-or scale anything themselves. Parameter names are stable (`stem`,
+Blocks: MBConv (V1, Lite, EdgeTPU, V2), Fused-MBConv (V2) and EdgeTPU's
+fused expansion; `BLOCK_MODULES` maps each `arch.BLOCK_TYPES` entry to its
+module. The modules read a resolved `arch.ArchSpec`; they never parse block
+strings or scale anything themselves. Parameter names are stable (`stem`,
 `blocks_<stage>_<index>`, `head`, `classifier`) so that converters can map the
 official TF, Keras and timm checkpoints onto them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -17,17 +20,19 @@ import jax
 import jax.numpy as jnp
 
 from efficientnet_jax import arch
+from efficientnet_jax import execution as execution_lib
 from efficientnet_jax import layers
+from efficientnet_jax.kernels import chunks
+from efficientnet_jax.kernels import pointwise_cpu
+from efficientnet_jax.kernels import recompute as recompute_lib
+from efficientnet_jax.kernels import swish as swish_kernel
 
 ModuleDef = Any
+Execution = execution_lib.Execution
 
 # The strides at which endpoints are reported, and the stage that closes each
 # (TPU-MODEL reduction_1..5: the last block before every stride-2 block).
 ENDPOINT_STRIDES = (2, 4, 8, 16, 32)
-
-# In training, the stages smaller than this per example are not recomputed
-# (see MBConv).
-DEFAULT_RECOMPUTE_MIN_BYTES = 1 << 20
 
 
 class SqueezeExcite(nn.Module):
@@ -56,15 +61,16 @@ class MBConv(nn.Module):
 
   In training, the backward pass can keep fewer activations and recompute
   the rest from the conv outputs when the gradient reaches them
-  (layers.recompute_in_backward), by `recompute`:
+  (kernels.recompute.recompute_in_backward), by the execution's `recompute`:
   - 'all': only the three conv outputs (and per-channel statistics) are
     kept; the batch norms, activations, squeeze-excite and the padded
     depthwise input between them are recomputed;
   - 'project' (the default): the same for the stage from the depthwise
     output to the projection (batch norm, activation, squeeze-excite); the
     depthwise stage keeps what autodiff keeps;
-  - 'none': autodiff keeps everything.
-  'project' is the default: the projection stage's elementwise ops are cheap
+  - 'none': autodiff keeps everything (the default off CPU, where XLA's own
+    rematerialisation decides).
+  'project' is the CPU default: the projection stage's elementwise ops are cheap
   to rerun for the memory they free, while recomputing the depthwise stage
   costs more time than the projection stage for little memory
   (docs/cpu_kernels.md, "Recompute in the backward pass").
@@ -75,7 +81,7 @@ class MBConv(nn.Module):
   cost outweighs its work. With B0's 1 MiB default only the three blocks at
   56-112 px recompute at 224 px, and none at 128 px.
 
-  In inference, with `inference_chunk_bytes`, the block runs on chunks of
+  In inference, with the execution's `inference_chunk_bytes`, the block runs on chunks of
   the batch in turn, each chunk's expanded activation (mid_filters at the
   input resolution) at most that many bytes, so that the block's
   intermediates stay in cache from one op to the next (batch norm with
@@ -86,19 +92,19 @@ class MBConv(nn.Module):
   depthwise: ModuleDef
   norm: ModuleDef
   act: Callable[[jax.Array], jax.Array]
-  dtype: Any = jnp.float32
-  recompute: str = 'project'
-  inference_chunk_bytes: int = 0
-  recompute_min_bytes: int = 0
+  execution: Execution = execution_lib.PLAIN
+
+  @property
+  def dtype(self) -> Any:
+    return self.execution.dtype
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if (self.inference_chunk_bytes and not train and
-        not self.is_initializing()):
+    chunk_bytes = self.execution.inference_chunk_bytes
+    if chunk_bytes and not train and not self.is_initializing():
       expanded = (x.shape[1] * x.shape[2] * self.spec.mid_filters *
                   jnp.dtype(self.dtype).itemsize)
-      chunk = layers.batch_chunk(x.shape[0], expanded,
-                                 self.inference_chunk_bytes)
+      chunk = chunks.batch_chunk(x.shape[0], expanded, chunk_bytes)
       if chunk < x.shape[0]:
         return self._on_chunks(x, chunk)
     spec = self.spec
@@ -127,17 +133,14 @@ class MBConv(nn.Module):
                   x, affine, params)
 
     x = self.norm(name='project_bn')(x, train=train)
-    if spec.has_skip:
-      if train and spec.drop_path_rate > 0:
-        x = layers.drop_path(x, spec.drop_path_rate, self.make_rng('dropout'))
-      x = x + inputs
-    return x
+    return _residual(self, x, inputs, train=train)
 
   def _on_chunks(self, x: jax.Array, chunk: int) -> jax.Array:
     """The block in inference, on consecutive chunks of `chunk` examples."""
-    block = self.clone(parent=None, inference_chunk_bytes=0)
+    block = self.clone(parent=None, execution=dataclasses.replace(
+        self.execution, inference_chunk_bytes=0))
     variables = self.variables
-    return layers.map_batch_chunks(
+    return chunks.map_batch_chunks(
         lambda xs: block.apply(variables, xs, train=False), x, chunk)
 
   def _params_of(self, name: str, module: nn.Module, channels: int) -> Any:
@@ -151,14 +154,14 @@ class MBConv(nn.Module):
     """Whether the stage taking x is recomputed: the policy is one of
     `policies` and an example's x takes at least recompute_min_bytes."""
     example_bytes = math.prod(x.shape[1:]) * x.dtype.itemsize
-    return (self.recompute in policies and
-            example_bytes >= self.recompute_min_bytes)
+    return (self.execution.recompute in policies and
+            example_bytes >= self.execution.recompute_min_bytes)
 
   def _run(self, recompute: bool, stage: Callable[..., jax.Array],
            *args: Any) -> jax.Array:
     """stage(*args); with `recompute`, rerun in the backward pass."""
     if recompute:
-      return layers.recompute_in_backward(stage, *args)
+      return recompute_lib.recompute_in_backward(stage, *args)
     return stage(*args)
 
 
@@ -181,6 +184,86 @@ def _project_stage(x: jax.Array, affine: layers.Affine, params: Any, *,
   return project.apply({'params': params['project_conv']}, x)
 
 
+def _residual(module: nn.Module, x: jax.Array, inputs: jax.Array, *,
+              train: bool) -> jax.Array:
+  """x + inputs with drop-path in training, when the block has a skip."""
+  spec = module.spec
+  if not spec.has_skip:
+    return x
+  if train and spec.drop_path_rate > 0:
+    x = layers.drop_path(x, spec.drop_path_rate, module.make_rng('dropout'))
+  return x + inputs
+
+
+class FusedMBConv(nn.Module):
+  """Fused-MBConv (Tan & Le, 2021, Fig. 2; V2-MODEL FusedMBConvBlock).
+
+  The k x k expansion conv at the block's stride replaces MBConv's 1x1
+  expansion and depthwise conv: expand, BN, act, [SE], 1x1 project, BN.
+  With expand_ratio 1 the k x k conv at the stride is the whole block,
+  followed by BN and act (V2-MODEL applies the activation there).
+  """
+  spec: arch.BlockSpec
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  padding: str = 'same'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    spec = self.spec
+    inputs = x
+    k = spec.kernel_size
+    pads = layers.spatial_padding(x.shape, k, spec.stride, self.padding)
+    if spec.expand_ratio == 1:
+      x = self.conv(spec.out_filters, (k, k), strides=(spec.stride,) * 2,
+                    padding=pads, name='project_conv')(x)
+      x = self.act(self.norm(name='project_bn')(x, train=train))
+      return _residual(self, x, inputs, train=train)
+    x = self.conv(spec.mid_filters, (k, k), strides=(spec.stride,) * 2,
+                  padding=pads, name='expand_conv')(x)
+    x = self.act(self.norm(name='expand_bn')(x, train=train))
+    if spec.se_filters:
+      x = SqueezeExcite(spec.se_filters, self.act, self.dtype, name='se')(x)
+    x = self.conv(spec.out_filters, (1, 1), name='project_conv')(x)
+    x = self.norm(name='project_bn')(x, train=train)
+    return _residual(self, x, inputs, train=train)
+
+
+class FusedExpand(nn.Module):
+  """EdgeTPU's block without depthwise conv (TPU-MODEL
+  MBConvBlockWithoutDepthwise): a k x k expansion at stride 1, BN, act, then
+  a 1x1 projection at the block's stride, BN. Unlike Fused-MBConv the stride
+  is on the projection."""
+  spec: arch.BlockSpec
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  padding: str = 'same'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    spec = self.spec
+    inputs = x
+    k = spec.kernel_size
+    if spec.expand_ratio != 1:
+      pads = layers.spatial_padding(x.shape, k, 1, self.padding)
+      x = self.conv(spec.mid_filters, (k, k), padding=pads,
+                    name='expand_conv')(x)
+      x = self.act(self.norm(name='expand_bn')(x, train=train))
+    pads = layers.spatial_padding(x.shape, 1, spec.stride, self.padding)
+    x = self.conv(spec.out_filters, (1, 1), strides=(spec.stride,) * 2,
+                  padding=pads, name='project_conv')(x)
+    x = self.norm(name='project_bn')(x, train=train)
+    return _residual(self, x, inputs, train=train)
+
+
+BLOCK_MODULES = {'mbconv': MBConv, 'fused_mbconv': FusedMBConv,
+                 'fused_expand': FusedExpand}
+
+
 class EfficientNet(nn.Module):
   """The EfficientNet family; `arch.resolve` decides which member.
 
@@ -193,17 +276,9 @@ class EfficientNet(nn.Module):
     include_top: False returns the endpoints dict instead of logits.
     bn_group_size: None normalises over the whole (global, under jit) batch;
       an int normalises consecutive groups of that many examples.
-    depthwise_impl: 'auto', 'shifted' or 'grouped' (see layers.DepthwiseConv).
-    recompute: in training, which of each block's elementwise ops to
-      recompute in the backward pass instead of storing them: 'all',
-      'project' or 'none' (see MBConv); True and False mean 'all' and 'none'.
-    recompute_min_bytes: recompute only the stages whose input takes at
-      least this many bytes per example (see MBConv); 0 recomputes every
-      stage the policy names.
-    inference_chunk_bytes: in inference, run each block on chunks of the batch
-      whose expanded activation takes at most this many bytes (see MBConv); 0
-      runs whole batches, None picks for the backend
-      (`default_inference_chunk_bytes`).
+    execution: how it runs (compute dtype, kernels, recompute, chunking;
+      `execution.resolve`); None resolves the defaults for jax's default
+      backend. It changes no parameter and, up to float rounding, no output.
     mean_rgb, std_rgb: the input normalisation the weights expect, on [0, 255]
       RGB; None means the variant's (spec.mean_rgb / spec.std_rgb). Converted
       checkpoints record their own (AdvProp: [-1, 1]).
@@ -213,17 +288,24 @@ class EfficientNet(nn.Module):
   """
   spec: arch.ArchSpec
   num_classes: int = 1000
-  dtype: Any = jnp.float32
   padding: str = 'same'
   include_top: bool = True
   bn_group_size: int | None = None
-  depthwise_impl: str = 'auto'
-  recompute: str | bool = 'project'
-  recompute_min_bytes: int = DEFAULT_RECOMPUTE_MIN_BYTES
-  inference_chunk_bytes: int | None = None
+  execution: Execution | None = None
   mean_rgb: tuple[float, float, float] | None = None
   std_rgb: tuple[float, float, float] | None = None
   normalize_input: bool = False
+
+  @property
+  def resolved_execution(self) -> Execution:
+    if self.execution is None:
+      return execution_lib.resolve(None)
+    return self.execution
+
+  @property
+  def dtype(self) -> Any:
+    """The compute dtype."""
+    return self.resolved_execution.dtype
 
   @property
   def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -250,18 +332,16 @@ class EfficientNet(nn.Module):
     """
     check_images(images, endpoints=not self.include_top)
     spec = self.spec
-    act = layers.ACTIVATIONS[spec.activation]
-    conv = functools.partial(layers.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=layers.conv_kernel_init)
+    execution = self.resolved_execution
+    act = activation(spec.activation, execution)
+    conv = functools.partial(
+        pointwise_cpu.Conv if execution.kernels == 'cpu' else nn.Conv,
+        use_bias=False, dtype=self.dtype, kernel_init=layers.conv_kernel_init)
     depthwise = functools.partial(layers.DepthwiseConv, padding=self.padding,
-                                  impl=self.depthwise_impl, dtype=self.dtype)
-    norm = functools.partial(layers.BatchNorm, group_size=self.bn_group_size,
-                             dtype=self.dtype)
-
-    recompute = recompute_policy(self.recompute)
-    chunk_bytes = self.inference_chunk_bytes
-    if chunk_bytes is None:
-      chunk_bytes = default_inference_chunk_bytes()
+                                  impl=execution.depthwise_impl,
+                                  dtype=self.dtype)
+    norm = functools.partial(layers.BatchNorm, momentum=spec.bn_momentum,
+                             group_size=self.bn_group_size, dtype=self.dtype)
 
     x = images
     if self.normalize_input:
@@ -279,9 +359,13 @@ class EfficientNet(nn.Module):
       if block.stride == 2:
         endpoints[f'stride_{stride}'] = x
         stride *= 2
-      x = MBConv(block, conv, depthwise, norm, act, self.dtype, recompute,
-                 chunk_bytes, self.recompute_min_bytes,
-                 name=block.name)(x, train=train)
+      if block.block_type == 'mbconv':
+        x = MBConv(block, conv, depthwise, norm, act, execution,
+                   name=block.name)(x, train=train)
+      else:
+        x = BLOCK_MODULES[block.block_type](
+            block, conv, norm, act, self.padding, self.dtype,
+            name=block.name)(x, train=train)
     endpoints[f'stride_{stride}'] = x
 
     x = conv(spec.head_filters, (1, 1), name='head_conv')(x)
@@ -296,28 +380,12 @@ class EfficientNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-RECOMPUTE_POLICIES = ('all', 'project', 'none')
-
-
-def recompute_policy(recompute: str | bool) -> str:
-  """'all', 'project' or 'none' from a policy name or a bool."""
-  if isinstance(recompute, bool):
-    return 'all' if recompute else 'none'
-  if recompute not in RECOMPUTE_POLICIES:
-    raise ValueError(f'Unknown recompute policy {recompute!r}; use one of '
-                     f'{", ".join(RECOMPUTE_POLICIES)}.')
-  return recompute
-
-
-def default_inference_chunk_bytes() -> int:
-  """6 MB chunks on CPU, whole batches elsewhere.
-
-  With 6 MB chunks a block's intermediates for one chunk fit the 32 MB L3 of
-  this project's 2-core dev machine together, so each op reads the previous
-  op's output from cache rather than memory (docs/cpu_kernels.md, "Inference
-  on batch chunks").
-  """
-  return 6 << 20 if jax.default_backend() == 'cpu' else 0
+def activation(name: str, execution: Execution
+               ) -> Callable[[jax.Array], jax.Array]:
+  """The spec's activation; swish as kernels.swish with the CPU kernels."""
+  if name == 'swish' and execution.kernels == 'cpu':
+    return swish_kernel.swish
+  return layers.ACTIVATIONS[name]
 
 
 def check_images(images: jax.Array, *, endpoints: bool) -> None:
@@ -360,16 +428,17 @@ def count_params(tree: Any) -> int:
 
 
 def from_config(model_config: Any, num_classes: int,
+                execution: Execution | None = None,
                 **options: Any) -> EfficientNet:
-  """The network a config's model section describes (see configs/common.py)."""
+  """The network a config's model section describes (see configs/common.py).
+
+  `execution` (resolved, see execution.resolve) says how it runs; None
+  resolves the defaults for jax's default backend.
+  """
   return EfficientNet(
       arch.resolve(model_config),
       num_classes=num_classes,
-      dtype=jnp.dtype(model_config['dtype']),
       padding=model_config['padding'],
       bn_group_size=model_config['bn_group_size'],
-      depthwise_impl=model_config['depthwise_impl'],
-      recompute=recompute_policy(model_config['recompute']),
-      recompute_min_bytes=model_config['recompute_min_bytes'],
-      inference_chunk_bytes=model_config['inference_chunk_bytes'],
+      execution=execution or execution_lib.resolve(None),
       **options)

@@ -21,8 +21,18 @@ from efficientnet_jax import errors
 from efficientnet_jax import models
 
 # Paper Table 2 (#Params, FLOPs = multiply-adds) and, for Lite, TPU-LITE's
-# README (Params, MAdds). docs/reference.md §3 and §4.1.
+# README (Params, MAdds). docs/reference.md §3 and §4.1. V2: google/automl
+# efficientnetv2 README (Params, FLOPs), XL the paper's Table 7; EdgeTPU:
+# timm's param_count and infer_gmacs for tf_efficientnet_e{s,m,l}, whose
+# port strides the 3x3 expansion where TPU-MODEL strides the 1x1 projection
+# (so ours/paper is ~1.2-1.3 there). docs/reference.md §10.
 PUBLISHED = {
+    'v2-b0': (7.1e6, 0.72e9), 'v2-b1': (8.1e6, 1.2e9),
+    'v2-b2': (10.1e6, 1.7e9), 'v2-b3': (14.4e6, 3.0e9),
+    'v2-s': (21.5e6, 8.4e9), 'v2-m': (54.1e6, 24.7e9),
+    'v2-l': (119.5e6, 56.3e9), 'v2-xl': (208e6, 94e9),
+    'edgetpu-s': (5.44e6, 1.81e9), 'edgetpu-m': (6.90e6, 3.04e9),
+    'edgetpu-l': (10.59e6, 8.0e9),
     'b0': (5.3e6, 0.39e9), 'b1': (7.8e6, 0.70e9), 'b2': (9.2e6, 1.0e9),
     'b3': (12e6, 1.8e9), 'b4': (19e6, 4.2e9), 'b5': (30e6, 9.9e9),
     'b6': (43e6, 19e9), 'b7': (66e6, 37e9),
@@ -47,6 +57,7 @@ def preset_row(variant: str) -> dict[str, Any]:
   phi = arch.implied_phi(preset)
   return dict(
       variant=variant,
+      family=preset.family,
       width=preset.width_coefficient,
       depth=preset.depth_coefficient,
       resolution=preset.resolution,
@@ -91,11 +102,11 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str) -> None:
   rule = [arch.spec_for(f'phi={phi}') for phi in phis]
   rule_params = [count_trainable(spec) / 1e6 for spec in rule]
   rule_gmacs = [arch.count_macs(spec) / 1e9 for spec in rule]
-  presets = [row for row in rows if row['variant'].startswith('b')]
+  presets = [row for row in rows if row['family'] == 'efficientnet']
   preset_phi = [(row['phi_width'] + row['phi_depth'] + row['phi_resolution']) /
                 3 for row in presets]
 
-  figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  figure, axes = plt.subplots(1, 3, figsize=(16, 4.2))
   for axis, values, key, label in (
       (axes[0], rule_params, 'params', 'parameters (M)'),
       (axes[1], rule_gmacs, 'gmacs', 'multiply-adds (G)')):
@@ -113,9 +124,28 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str) -> None:
     axis.grid(True, which='both', alpha=0.3)
   axes[1].plot(phis, [rule_gmacs[0] * 2**phi for phi in phis], ':',
                color='gray', label='B0 · 2^φ (the paper\'s target)')
-  axes[0].legend(fontsize=8)
-  axes[1].legend(fontsize=8)
-  figure.suptitle('EfficientNet: compound scaling rule vs published presets')
+  colors = {'efficientnet': 'tab:red', 'lite': 'tab:orange',
+            'edgetpu': 'tab:green', 'v2': 'tab:purple'}
+  for family, color in colors.items():
+    members = [row for row in rows if row['family'] == family]
+    if not members:
+      continue
+    axes[2].plot([row['gmacs'] for row in members],
+                 [row['params'] / 1e6 for row in members], 'o-', color=color,
+                 label=family)
+    for row in members:
+      axes[2].annotate(row['variant'], (row['gmacs'], row['params'] / 1e6),
+                       textcoords='offset points', xytext=(4, -10),
+                       fontsize=7)
+  axes[2].set_xscale('log')
+  axes[2].set_yscale('log')
+  axes[2].set_xlabel('multiply-adds (G) at the preset resolution')
+  axes[2].set_ylabel('parameters (M)')
+  axes[2].grid(True, which='both', alpha=0.3)
+  for axis in axes:
+    axis.legend(fontsize=8)
+  figure.suptitle('EfficientNet: compound scaling rule vs published presets, '
+                  'and every family')
   figure.tight_layout()
   figure.savefig(path, dpi=110)
 
@@ -150,7 +180,9 @@ def main(argv: Sequence[str]) -> None:
   print('phi: the compound coefficient each published coefficient implies '
         '(log(c)/log(alpha|beta|gamma)); the presets are a hand-made table, '
         'not one phi. ours/paper: our multiply-add count over the paper\'s '
-        'rounded figure (B4/B5 sit ~5% above it).')
+        'rounded figure (B4/B5 sit ~5% above it; EdgeTPU ~1.3x timm\'s, '
+        'which strides the fused expansion, not the projection, as the '
+        'official code does).')
   if options.plot:
     print(f'wrote {options.plot}')
 

@@ -160,7 +160,115 @@ class RuleTest(parameterized.TestCase):
     self.assertEqual((spec.resolution, spec.dropout_rate), (64, 0.1))
 
 
+# docs/reference.md §10.4 (V2) and §10.5 (EdgeTPU), from REFERENCE-V2 and the
+# official tables: stem, (repeats x out) per stage, head; and multiply-adds
+# (G) at the eval size: the reference's independent count to the digit, and
+# timm's infer_gmacs within 2%.
+NEW_STAGE_TABLE = {
+    'v2-b0': (32, '1x16 2x32 2x48 3x96 5x112 8x192', 1280),
+    'v2-b3': (40, '2x16 3x40 3x56 5x112 7x136 12x232', 1536),
+    'v2-s': (24, '2x24 4x48 4x64 6x128 9x160 15x256', 1280),
+    'v2-xl': (32, '4x32 8x64 8x96 16x192 24x256 32x512 8x640', 1280),
+    'edgetpu-s': (32, '1x24 2x32 4x48 5x96 4x144 2x192', 1280),
+    'edgetpu-l': (40, '2x32 3x40 6x56 7x112 6x176 3x232', 1536),
+}
+V2_DERIVED_MACS = {'v2-b0': 0.718, 'v2-b1': 1.197, 'v2-b2': 1.698,
+                   'v2-b3': 3.011, 'v2-s': 8.366, 'v2-m': 24.582,
+                   'v2-l': 56.080, 'v2-xl': 93.353}
+V2_MACS = {'v2-b0': 0.73, 'v2-b1': 1.21, 'v2-b2': 1.72, 'v2-b3': 3.04,
+           'v2-s': 8.44, 'v2-m': 24.76, 'v2-l': 56.4, 'v2-xl': 93.85}
+
+
+class FamiliesTest(parameterized.TestCase):
+
+  @parameterized.named_parameters((v, v) for v in NEW_STAGE_TABLE)
+  def test_stage_layout(self, variant):
+    spec = arch.spec_for(variant)
+    stem, stages, head = NEW_STAGE_TABLE[variant]
+    counts = collections.Counter(b.stage for b in spec.blocks)
+    widths = {b.stage: b.out_filters for b in spec.blocks}
+    got = ' '.join(f'{counts[s]}x{widths[s]}' for s in sorted(counts))
+    self.assertEqual((spec.stem_filters, got, spec.head_filters),
+                     (stem, stages, head))
+
+  @parameterized.named_parameters((v, v) for v in V2_MACS)
+  def test_v2_macs_match_independent_count_and_timm(self, variant):
+    macs = arch.count_macs(arch.spec_for(variant)) / 1e9
+    self.assertEqual(round(macs, 3), V2_DERIVED_MACS[variant])
+    self.assertAlmostEqual(macs / V2_MACS[variant], 1.0, delta=0.02)
+
+  def test_edgetpu_macs_count_the_expansion_at_full_resolution(self):
+    # TPU-MODEL strides the 1x1 projection, not the 3x3 expansion, so a
+    # stride-2 fused stage expands at its input's resolution: 2.35 G for S,
+    # where timm's port (stride on the expansion) counts 1.81.
+    spec = arch.spec_for('edgetpu-s')
+    self.assertAlmostEqual(arch.count_macs(spec) / 1e9, 2.352, delta=5e-4)
+    strided = [b for b in spec.blocks if b.block_type == 'fused_expand' and
+               b.stride == 2]
+    self.assertLen(strided, 2)
+
+  def test_block_strings_name_their_type_in_either_stride_syntax(self):
+    v1 = arch.decode_block_string('r1_k3_s11_e1_i32_o16_se0.25')
+    self.assertEqual((v1.stride, v1.block_type, v1.se_ratio),
+                     (1, 'mbconv', 0.25))
+    v2 = arch.decode_block_string('r4_k3_s2_e4_i24_o48_c1')
+    self.assertEqual((v2.stride, v2.block_type, v2.se_ratio),
+                     (2, 'fused_mbconv', None))
+    edge = arch.decode_block_string('r1_k3_s11_e4_i24_o24_c1_noskip')
+    self.assertEqual((edge.block_type, edge.id_skip), ('fused_expand', False))
+    self.assertEqual(arch.decode_block_string('r1_k3_s2_e4_i8_o8_c0')
+                     .block_type, 'mbconv')
+    with self.assertRaisesRegex(ValueError, 'use one of c0, c1'):
+      arch.decode_block_string('r1_k3_s2_e4_i8_o8_c2')
+
+  def test_noskip_drops_the_residual(self):
+    spec = arch.spec_for('edgetpu-m')  # Stage 1: two 24 -> 24 blocks, noskip.
+    first_stage = [b for b in spec.blocks if b.stage == 1]
+    self.assertEqual([(b.in_filters, b.out_filters, b.stride)
+                      for b in first_stage], [(32, 24, 1), (24, 24, 1)])
+    self.assertFalse(any(b.has_skip for b in first_stage))
+    self.assertTrue(spec.blocks[3].has_skip)  # Stage 2, second block.
+
+  def test_edgetpu_first_block_expands_its_declared_width(self):
+    block = arch.spec_for('edgetpu-s').blocks[0]
+    self.assertEqual((block.in_filters, block.mid_filters), (32, 96))
+
+  def test_v2_rounds_without_the_ten_percent_rule(self):
+    self.assertEqual(arch.round_filters(16, 1.2, round_limit=False), 16)
+    self.assertEqual(arch.round_filters(16, 1.2), 24)
+    self.assertEqual(arch.spec_for('v2-b3').blocks[0].out_filters, 16)
+
+  def test_per_family_settings(self):
+    s, b0, edge = (arch.spec_for(v) for v in ('v2-s', 'v2-b0', 'edgetpu-s'))
+    self.assertEqual((s.activation, s.bn_momentum, s.mean_rgb, s.dropout_rate),
+                     ('swish', 0.9, arch.V2_MEAN, 0.2))
+    self.assertEqual((b0.mean_rgb, b0.resize_method),
+                     (arch.IMAGENET_MEAN, 'bicubic'))
+    self.assertEqual(arch.spec_for('v2-l').dropout_rate, 0.4)
+    self.assertEqual((edge.activation, edge.bn_momentum, edge.mean_rgb),
+                     ('relu', 0.99, arch.LITE_MEAN))
+    self.assertTrue(all(b.se_filters == 0 for b in edge.blocks))
+    self.assertEqual([s.name, edge.name],
+                     ['efficientnetv2-s', 'efficientnet-edgetpu-s'])
+
+  def test_phi_on_another_family(self):
+    spec = arch.spec_for('v2-phi=1')
+    self.assertEqual((spec.name, spec.family, spec.resolution),
+                     ('efficientnetv2-phi1', 'v2', 256))
+
+
 class BadInputTest(absltest.TestCase):
+
+  def test_unknown_name_lists_the_valid_ones(self):
+    with self.assertRaisesRegex(ValueError, r"'v3-s'.*b0, .*edgetpu-s, "
+                                r"edgetpu-m, edgetpu-l, v2-b0, .*v2-xl"):
+      arch.spec_for('v3-s')
+
+  def test_coefficients_on_a_named_preset_are_refused(self):
+    with self.assertRaisesRegex(ValueError, r'apply only with model.phi'):
+      arch.spec_for('b3', alpha=1.3)
+    self.assertEqual(arch.spec_for('phi=1', alpha=1.3).depth_coefficient, 1.3)
+
 
   def test_unknown_variant(self):
     with self.assertRaisesRegex(ValueError, "Unknown EfficientNet variant 'b9'"):
@@ -177,6 +285,8 @@ class BadInputTest(absltest.TestCase):
   def test_bad_block_string(self):
     with self.assertRaisesRegex(ValueError, 'Bad block string'):
       arch.decode_block_string('r1_k3_s12_e1_i32_o16')
+    with self.assertRaisesRegex(ValueError, 'Bad block string'):
+      arch.decode_block_string('r1_k3_s222_e1_i32_o16')
 
 
 if __name__ == '__main__':

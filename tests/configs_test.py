@@ -25,7 +25,7 @@ REQUIRED_FIELDS = (
     'lr_decay_factor', 'rmsprop_decay', 'rmsprop_momentum', 'rmsprop_epsilon',
     'weight_decay', 'label_smoothing', 'ema_decay', 'init_checkpoint',
     'eval_every_epochs', 'log_every_steps', 'checkpoint_every_steps',
-    'keep_checkpoints', 'profile_steps', 'model')
+    'keep_checkpoints', 'profile_steps', 'model', 'execution')
 
 
 def all_configs():

@@ -514,3 +514,45 @@ def test_command_line_writes_a_checkpoint_create_model_loads(tmp_path):
   error_lines = again.stderr.strip().splitlines()
   assert error_lines[-1].startswith('FATAL: ')
   assert 'already holds a checkpoint' in error_lines[-1]
+
+
+def hand_written_v1_layers(spec):
+  """The V1 layer list as the converters listed it before reading it off the
+  parameter tree: the oracle for V1 specs."""
+  roles = [('stem_conv', 'conv', ('stem_conv',), None),
+           ('stem_bn', 'bn', ('stem_bn',), None)]
+  for number, block in enumerate(spec.blocks):
+    names = []
+    if block.expand_ratio != 1:
+      names += [('expand_conv', 'conv'), ('expand_bn', 'bn')]
+    names += [('depthwise_conv', 'depthwise'), ('depthwise_bn', 'bn')]
+    if block.se_filters:
+      names += [('se_reduce', 'dense'), ('se_expand', 'dense')]
+    names += [('project_conv', 'conv'), ('project_bn', 'bn')]
+    for role, kind in names:
+      module = ((block.name, 'se', role[3:]) if role.startswith('se_') else
+                (block.name, role))
+      roles.append((role, kind, module, number))
+  roles += [('head_conv', 'conv', ('head_conv',), None),
+            ('head_bn', 'bn', ('head_bn',), None),
+            ('classifier', 'dense', ('classifier',), None)]
+  return roles
+
+
+@pytest.mark.parametrize('variant', ['b0', 'lite0'])
+def test_network_layers_read_off_the_tree_match_the_v1_list(variant):
+  spec = arch.spec_for(variant)
+  got = [(layer.role, layer.kind, layer.module, layer.block_number)
+         for layer in placement.network_layers(spec)]
+  assert got == hand_written_v1_layers(spec)
+
+
+def test_network_layers_of_fused_blocks():
+  layers = placement.network_layers(arch.spec_for('v2-b0'))
+  first = [(layer.role, layer.kind) for layer in layers
+           if layer.module[0] == 'blocks_1_0']
+  second = [(layer.role, layer.kind) for layer in layers
+            if layer.module[0] == 'blocks_2_0']
+  assert first == [('project_conv', 'conv'), ('project_bn', 'bn')]
+  assert second == [('expand_conv', 'conv'), ('expand_bn', 'bn'),
+                    ('project_conv', 'conv'), ('project_bn', 'bn')]

@@ -35,6 +35,11 @@ class HostMemoryTest(absltest.TestCase):
     self.assertNotEmpty(compiles)
     self.assertEqual(trims, [0] * len(compiles))
 
+  def test_off_cpu_the_allocator_and_dispatch_are_left_alone(self):
+    with mock.patch.object(host_memory, '_libc_function') as libc:
+      self.assertFalse(host_memory.reuse_execution_memory('gpu'))
+    libc.assert_not_called()
+
   def test_glibc_trim_is_found_on_linux(self):
     # CI and the TPU/GPU hosts this targets run glibc.
     self.assertTrue(host_memory.release_freed_memory())

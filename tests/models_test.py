@@ -15,6 +15,7 @@ from configs import common
 import efficientnet_jax
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
+from efficientnet_jax import execution
 from efficientnet_jax import layers
 from efficientnet_jax import models
 from tests import tiny
@@ -27,6 +28,13 @@ TRAINABLE_PARAMS = {
     'b8': 87_413_142, 'l2': 480_309_308,
     'lite0': 4_652_008, 'lite1': 5_416_680, 'lite2': 6_092_072,
     'lite3': 8_197_096, 'lite4': 13_006_568,
+    # docs/reference.md §10.4: google/automl effnetv2_model_test.py totals less
+    # BN statistics = timm = Keras trainable; §10.5: timm's tf_efficientnet_e*
+    # (1000 classes).
+    'v2-b0': 7_139_704, 'v2-b1': 8_141_052, 'v2-b2': 10_096_086,
+    'v2-b3': 14_358_406, 'v2-s': 21_458_488, 'v2-m': 54_139_356,
+    'v2-l': 118_515_272, 'v2-xl': 208_119_808,
+    'edgetpu-s': 5_438_392, 'edgetpu-m': 6_899_496, 'edgetpu-l': 10_589_712,
 }
 # docs/reference.md §3: Keras "Total params" = trainable + BN mean/var + 7 (its input
 # Normalization layer's mean, variance and count).
@@ -45,10 +53,20 @@ def train_fn(model):
   return jax.jit(logits)
 
 
+def module_options(options):
+  """EfficientNet fields from options, execution fields resolved into one
+  Execution for this backend."""
+  options = dict(options)
+  fields = {k: options.pop(k) for k in execution.FIELDS if k in options}
+  if fields:
+    options['execution'] = execution.resolve(fields)
+  return options
+
+
 def tiny_model(**options):
   """B0 layout at 32 px: every block type, compiled in seconds."""
   return models.EfficientNet(arch.spec_for('b0', resolution=32), num_classes=10,
-                             **options)
+                             **module_options(options))
 
 
 @functools.cache
@@ -99,6 +117,80 @@ class SizeTest(parameterized.TestCase):
         'stride_8': (1, 28, 28, 40), 'stride_16': (1, 14, 14, 112),
         'stride_32': (1, 7, 7, 320), 'features': (1, 7, 7, 1280)})
     self.assertNotIn('classifier', variables['params'])
+
+
+# docs/reference.md §10.4: google/automl effnetv2_model_test.py count_params,
+# which counts the BN moving statistics too.
+OFFICIAL_V2_TOTAL = {'v2-b0': 7_200_312, 'v2-s': 21_612_360}
+
+
+def small_v2_and_edgetpu_spec():
+  """V2-B0's first four blocks (Fused-MBConv, e1 and e4, strides 1 and 2),
+  then EdgeTPU-S's first three (fused expansion, noskip, stride 2, skip):
+  every fused form, compiled in seconds."""
+  v2 = arch.spec_for('v2-b0', resolution=32)
+  edge = arch.spec_for('edgetpu-s').blocks[:3]
+  edge = [dataclasses.replace(b, stage=b.stage + 4) for b in edge]
+  # The EdgeTPU blocks read V2's 48 channels where they expect the stem's.
+  edge[0] = dataclasses.replace(edge[0], in_filters=48)
+  return dataclasses.replace(v2, blocks=(*v2.blocks[:4], *edge))
+
+
+class FusedBlocksTest(parameterized.TestCase):
+
+  @parameterized.named_parameters((v, v) for v in OFFICIAL_V2_TOTAL)
+  def test_official_v2_totals_count_bn_statistics(self, variant):
+    del self
+    variables = models.abstract_variables(
+        models.EfficientNet(arch.spec_for(variant)))
+    assert models.count_params(variables) == OFFICIAL_V2_TOTAL[variant]
+
+  def test_edgetpu_official_head_of_1001_classes(self):
+    # TPU-EDGE: 1001 classes, label 0 = background (docs/reference.md §10.5).
+    variables = models.abstract_variables(
+        models.EfficientNet(arch.spec_for('edgetpu-s'), num_classes=1001))
+    self.assertEqual(models.count_params(variables['params']), 5_439_673)
+
+  def test_parameter_tree_of_each_block_type(self):
+    spec = small_v2_and_edgetpu_spec()
+    params = models.abstract_variables(
+        models.EfficientNet(spec, num_classes=10))['params']
+    shapes = lambda name: {k: v['kernel'].shape for k, v in
+                           params[name].items() if 'kernel' in v}
+    self.assertEqual(shapes('blocks_1_0'), {'project_conv': (3, 3, 32, 16)})
+    self.assertEqual(shapes('blocks_2_0'), {'expand_conv': (3, 3, 16, 64),
+                                            'project_conv': (1, 1, 64, 32)})
+    self.assertEqual(shapes('blocks_5_0'), {'expand_conv': (3, 3, 48, 96),
+                                            'project_conv': (1, 1, 96, 24)})
+
+  def test_train_step_through_every_fused_form(self):
+    model = models.EfficientNet(small_v2_and_edgetpu_spec(), num_classes=10)
+    variables = models.init_variables(model, jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    logits = eval_fn(model)(variables, images)
+    self.assertEqual(logits.shape, (2, 10))
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(train_fn(model)(
+        {'params': p, 'batch_stats': variables['batch_stats']}, images,
+        jax.random.key(2)))))(variables['params'])
+    self.assertTrue(all(bool(jnp.all(jnp.isfinite(g)))
+                        for g in jax.tree.leaves(grads)))
+    self.assertGreater(
+        float(jnp.abs(grads['blocks_5_0']['expand_conv']['kernel']).sum()), 0)
+
+  def test_edgetpu_block_strides_its_projection_not_its_expansion(self):
+    # TPU-MODEL MBConvBlockWithoutDepthwise: at stride 2 the block is the
+    # stride-1 block sampled at even pixels (TF 'SAME' 1x1, even sizes).
+    block = arch.spec_for('edgetpu-s').blocks[1]  # 24 -> 32, stride 2.
+    self.assertEqual((block.block_type, block.stride), ('fused_expand', 2))
+    conv = functools.partial(nn.Conv, use_bias=False)
+    module = lambda b: models.FusedExpand(b, conv, layers.BatchNorm, nn.relu)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 24))
+    variables = module(block).init(jax.random.key(1), x, train=False)
+    strided = module(block).apply(variables, x, train=False)
+    full = module(dataclasses.replace(block, stride=1)).apply(
+        variables, x, train=False)
+    np.testing.assert_allclose(strided, full[:, ::2, ::2], rtol=1e-6,
+                               atol=1e-6)
 
 
 class InitializerTest(absltest.TestCase):
@@ -245,7 +337,7 @@ def four_block_model(**options):
   """B0's first four blocks at 64 px: no expansion, stride 2, skip, 5x5."""
   spec = arch.spec_for('b0', resolution=64)
   return models.EfficientNet(dataclasses.replace(spec, blocks=spec.blocks[:4]),
-                             num_classes=10, **options)
+                             num_classes=10, **module_options(options))
 
 
 def train_loss_grad(model):
@@ -332,10 +424,56 @@ class RecomputeTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "Unknown recompute policy 'some'"):
       models.abstract_variables(four_block_model(recompute='some'))
 
-  def test_config_and_model_share_the_min_bytes_default(self):
-    # configs/ imports no jax, so the config spells the default out.
-    self.assertEqual(common.model_config('b0').recompute_min_bytes,
-                     models.DEFAULT_RECOMPUTE_MIN_BYTES)
+  def test_config_spells_out_the_execution_defaults(self):
+    # configs/ imports no jax, so the config spells the defaults out.
+    self.assertEqual(common.execution_config().to_dict(), execution.DEFAULTS)
+
+
+class AcceleratorDefaultsTest(absltest.TestCase):
+  """The execution resolved for GPU/TPU, forced on CPU: plain layers."""
+
+  def test_forward_mode_autodiff_and_same_logits_as_cpu_defaults(self):
+    accelerator = execution.resolve(None, 'gpu')
+    self.assertEqual((accelerator.recompute, accelerator.kernels,
+                      accelerator.depthwise_impl,
+                      accelerator.inference_chunk_bytes),
+                     ('none', 'xla', 'grouped', 0))
+    self.assertFalse(accelerator.uses_custom_gradients)
+    self.assertTrue(execution.resolve(None, 'cpu').uses_custom_gradients)
+    plain = tiny_model(execution=accelerator)
+    variables = tiny_variables()
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    cpu_model = tiny_model(execution=execution.resolve(None, 'cpu'))
+    np.testing.assert_allclose(eval_fn(plain)(variables, images),
+                               eval_fn(cpu_model)(variables, images),
+                               rtol=1e-5, atol=1e-5)
+
+    params = variables['params']
+    keys = iter(jax.random.split(jax.random.key(3), 1000))
+    tangent = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape),
+                           params)
+    cotangent = jax.random.normal(jax.random.key(4), (2, 10))
+
+    def logits(params):
+      return plain.apply({'params': params,
+                          'batch_stats': variables['batch_stats']},
+                         images, train=False)
+
+    def loss(params):
+      return jnp.sum(logits(params) * cotangent)
+
+    # <J t, u> = <t, J^T u>: forward mode agrees with reverse mode.
+    _, jvp_out = jax.jit(lambda t: jax.jvp(logits, (params,), (t,)))(tangent)
+    grads = jax.jit(jax.grad(loss))(params)
+    dot = sum(jnp.vdot(t, g) for t, g in zip(jax.tree.leaves(tangent),
+                                             jax.tree.leaves(grads)))
+    np.testing.assert_allclose(jnp.vdot(jvp_out, cotangent), dot, rtol=1e-4)
+    # Hessian-vector product (forward over reverse), finite and nonzero.
+    _, hvp = jax.jit(lambda t: jax.jvp(jax.grad(loss), (params,), (t,)))(
+        tangent)
+    leaves = jax.tree.leaves(hvp)
+    self.assertTrue(all(bool(jnp.all(jnp.isfinite(h))) for h in leaves))
+    self.assertGreater(sum(float(jnp.abs(h).sum()) for h in leaves), 0)
 
 
 class ApiTest(absltest.TestCase):
@@ -379,10 +517,13 @@ class ApiTest(absltest.TestCase):
     # arch's ValueError through); here the options create_model forwards.
     model, _ = efficientnet_jax.create_model(
         'b0', num_classes=10, resolution=32, recompute_min_bytes=0,
-        recompute='all', inference_chunk_bytes=0, padding='symmetric')
-    self.assertEqual((model.recompute_min_bytes, model.recompute,
-                      model.inference_chunk_bytes, model.padding),
-                     (0, 'all', 0, 'symmetric'))
+        recompute='all', inference_chunk_bytes=0, padding='symmetric',
+        dtype='bfloat16')
+    self.assertEqual((model.execution.recompute_min_bytes,
+                      model.execution.recompute,
+                      model.execution.inference_chunk_bytes, model.padding,
+                      model.dtype),
+                     (0, 'all', 0, 'symmetric', jnp.bfloat16))
     with self.assertRaisesRegex(ValueError, r"Unknown model option\(s\) "
                                 r"\['recompute_bytes'\]"):
       efficientnet_jax.create_model('b0', recompute_bytes=0)

@@ -5,7 +5,9 @@ affine parameters, biases and input Normalization randomised so that every
 tensor matters, is saved, converted and run by our model on the same images:
 the logits agree to 1e-4 in float32. B2 adds width/depth rounding and the
 72 px input takes both the even and the odd 'same' padding paths (72 -> 36 ->
-18 -> 9 -> 5 -> 3). The other Keras file layouts must convert to the same
+18 -> 9 -> 5 -> 3). EfficientNetV2B0 adds Fused-MBConv, V2's
+rounding and its weightless input layers (their constants are the presets'
+normalisation). The other Keras file layouts must convert to the same
 parameters.
 """
 
@@ -28,7 +30,8 @@ import h5py
 RESOLUTION = 72
 TOLERANCE = 1e-4  # Issue 2: max |logit difference| in float32 inference.
 BUILDERS = {'b0': keras.applications.EfficientNetB0,
-            'b2': keras.applications.EfficientNetB2}
+            'b2': keras.applications.EfficientNetB2,
+            'v2-b0': keras.applications.EfficientNetV2B0}
 
 
 def randomised_keras_model(variant: str, seed: int) -> keras.Model:
@@ -46,7 +49,8 @@ def randomised_keras_model(variant: str, seed: int) -> keras.Model:
           rng.normal(0, 0.2, channels),  # moving mean
           rng.uniform(0.5, 1.5, channels),  # moving variance
       ])
-    elif isinstance(layer, keras.layers.Normalization):
+    elif isinstance(layer, keras.layers.Normalization) and layer.weights:
+      # (V2's Normalization holds its ImageNet mean/variance as constants.)
       # A plausible input normalisation that is not the ImageNet one.
       layer.set_weights([rng.uniform(0.3, 0.6, 3), rng.uniform(0.03, 0.08, 3),
                          np.array(10, np.int64)])
@@ -79,7 +83,7 @@ def our_logits(converted: convert.Converted, images: np.ndarray) -> np.ndarray:
   return np.asarray(apply(converted.variables, normalised))
 
 
-@pytest.mark.parametrize('variant', ['b0', 'b2'])
+@pytest.mark.parametrize('variant', ['b0', 'b2', 'v2-b0'])
 def test_keras_logits_match(variant, images, tmp_path):
   keras_model = randomised_keras_model(variant, seed=1)
   path = str(tmp_path / f'{variant}.keras')

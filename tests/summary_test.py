@@ -18,6 +18,13 @@ class SummaryTest(absltest.TestCase):
     self.assertAlmostEqual(row['gmacs_vs_paper'], 1.827 / 1.8, delta=1e-3)
     self.assertAlmostEqual(row['phi_width'], 1.91, delta=0.01)
 
+  def test_new_families_beside_their_published_figures(self):
+    row = summary.preset_row('v2-s')
+    self.assertEqual((row['family'], row['params'], row['resolution']),
+                     ('v2', 21_458_488, 384))
+    self.assertAlmostEqual(row['gmacs_vs_paper'], 8.366 / 8.4, delta=1e-3)
+    self.assertEqual(summary.preset_row('edgetpu-s')['paper_params'], 5.44e6)
+
   def test_json_output_is_one_parseable_list(self):
     output = subprocess.run(
         [sys.executable, '-m', 'efficientnet_jax.summary', '--json',

@@ -1,4 +1,5 @@
-"""Keras applications EfficientNetB0-B7 weights (KERAS: keras/src/applications).
+"""Keras applications EfficientNetB0-B7 and EfficientNetV2 weights (KERAS:
+keras/src/applications efficientnet.py, efficientnet_v2.py).
 
 Three file layouts are read directly with h5py (no keras import):
 - legacy HDF5, as `keras.applications` publishes its ImageNet weights
@@ -12,7 +13,10 @@ Three file layouts are read directly with h5py (no keras import):
 Layer names (KERAS): `stem_conv`, `stem_bn`; per block `block<stage><a,b,..>_`
 + `expand_conv`, `expand_bn`, `dwconv` (depthwise, (k, k, C, 1)), `bn`,
 `se_reduce`, `se_expand` (1x1 convs with bias), `project_conv`, `project_bn`;
-`top_conv`, `top_bn`, `predictions`. BN epsilon is Keras' default 1e-3, ours.
+`top_conv`, `top_bn`, `predictions`. V2 names its depthwise conv `dwconv2`;
+its Fused-MBConv blocks have `expand_conv`/`expand_bn` (k x k) and
+`project_conv`/`project_bn`, or with e=1 the k x k `project_conv` alone. BN
+epsilon is Keras' default 1e-3, ours.
 
 The model normalises its own input: Rescaling(1/255), Normalization, and for
 `weights='imagenet'` one more Rescaling(1/sqrt(std)) because the ImageNet std
@@ -72,13 +76,16 @@ KERAS_IMAGENET_STD = (0.229, 0.224, 0.225)
 KERAS_EPSILON = 1e-7
 
 
-def layer_name(layer: placement.Layer) -> str:
+def layer_name(layer: placement.Layer, family: str = 'efficientnet') -> str:
   """The Keras layer name of one of our layers."""
   if layer.block is None:
     return OUTER_LAYERS[layer.role]
   block = layer.block
+  suffix = BLOCK_LAYERS[layer.role]
+  if family == 'v2' and layer.role == 'depthwise_conv':
+    suffix = 'dwconv2'  # KERAS efficientnet_v2.py MBConvBlock.
   # KERAS: name=f"block{i + 1}{chr(j + 97)}_" for stage i, repeat j.
-  return f'block{block.stage}{chr(97 + block.index)}_{BLOCK_LAYERS[layer.role]}'
+  return f'block{block.stage}{chr(97 + block.index)}_{suffix}'
 
 
 def layer_class(layer: placement.Layer) -> str:
@@ -91,7 +98,7 @@ def layer_class(layer: placement.Layer) -> str:
 def model_layers(spec: arch.ArchSpec) -> list[tuple[str, str]]:
   """(layer name, class) of every weighted layer, in Keras model order."""
   return [('normalization', 'Normalization')] + [
-      (layer_name(layer), layer_class(layer))
+      (layer_name(layer, spec.family), layer_class(layer))
       for layer in placement.network_layers(spec)]
 
 
@@ -99,7 +106,7 @@ def entries(spec: arch.ArchSpec) -> list[placement.Entry]:
   """Where each of our tensors lives, as '<layer>/<variable>' names."""
   result = []
   for layer in placement.network_layers(spec):
-    name = layer_name(layer)
+    name = layer_name(layer, spec.family)
     if layer.kind == 'bn':
       result += [placement.Entry(target, f'{name}/{var}', placement.IDENTITY)
                  for target, var in zip(placement.bn_targets(layer.module),
@@ -255,7 +262,8 @@ def _normalization_stats(arrays: Mapping[str, np.ndarray], name: str,
           _per_channel(arrays[f'{name}/variance']))
 
 
-def input_normalization(keras_file: KerasFile
+def input_normalization(keras_file: KerasFile,
+                        spec: arch.ArchSpec | None = None
                         ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
   """The (mean_rgb, std_rgb) on [0, 255] that the Keras input layers apply.
 
@@ -289,6 +297,11 @@ def input_normalization(keras_file: KerasFile
         denominator = np.maximum(np.sqrt(variance), KERAS_EPSILON)
         scale, offset = scale / denominator, (offset - mean) / denominator
     how = 'composed from the saved model\'s input layers'
+  elif spec is not None and spec.family == 'v2':
+    # KERAS efficientnet_v2.py: the input layers hold no weights; B0-B3
+    # apply the ImageNet mean/std, S/M/L (x / 128 - 1), as our presets do.
+    return (tuple(spec.mean_rgb), tuple(spec.std_rgb),
+            'keras.applications EfficientNetV2 preprocessing of this variant')
   else:
     # A weights-only file: the application always starts with Rescaling(1/255)
     # and Normalization; the extra Rescaling(1/sqrt(variance)) exists exactly
@@ -318,10 +331,11 @@ def load(path: str, spec: arch.ArchSpec, variant: str, *,
     (variables, facts): facts hold 'num_classes', 'mean_rgb', 'std_rgb' and
     'normalization' (how they were derived).
   """
-  if spec.family == 'lite':
+  if spec.family in ('lite', 'edgetpu'):
     raise placement.ConversionError(
-        'keras.applications has no EfficientNet-Lite; convert Lite weights '
-        'with --source tf or --source timm.')
+        f'keras.applications has no EfficientNet-'
+        f'{dict(lite="Lite", edgetpu="EdgeTPU")[spec.family]}; '
+        'convert those weights with --source tf or --source timm.')
   keras_file = KerasFile(path, spec)
   description = f'Keras file {path!r}'
   has_se = any(re.search(r'_se_(reduce|expand)/', name)
@@ -332,7 +346,7 @@ def load(path: str, spec: arch.ArchSpec, variant: str, *,
         f'{description} has no classifier (predictions/kernel): an '
         'include_top=False export cannot become a full checkpoint.')
   num_classes = int(keras_file.arrays['predictions/kernel'].shape[-1])
-  mean_rgb, std_rgb, how = input_normalization(keras_file)
+  mean_rgb, std_rgb, how = input_normalization(keras_file, spec)
   # The input normalisation is metadata, not a parameter of ours.
   model_arrays = {name: value for name, value in keras_file.arrays.items()
                   if not name.startswith('normalization')}

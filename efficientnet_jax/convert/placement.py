@@ -2,9 +2,10 @@
 
 Every source (official TF, Keras applications, timm) builds the same network
 in the same order: stem conv and BN; per block the optional expansion conv and
-BN, the depthwise conv and BN, the optional squeeze-excitation pair, the
-projection conv and BN; the head conv and BN; the classifier. `network_layers`
-lists those layers for a resolved `arch.ArchSpec`; a source module names the
+BN, the depthwise conv and BN (MBConv only), the optional squeeze-excitation
+pair, the projection conv and BN; the head conv and BN; the classifier.
+`network_layers` lists those layers for a resolved `arch.ArchSpec`, read off
+our model's own parameter tree in that order; a source module names the
 tensors of each layer in its own vocabulary (a list of `Entry`s), and `place`
 fetches them, checks every shape before any conversion, converts the layout and
 builds our `{'params', 'batch_stats'}` tree. Anything missing, left over or of
@@ -14,6 +15,7 @@ the wrong shape is a `ConversionError` with a one-line message.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from efficientnet_jax import arch
 from efficientnet_jax import checkpoints
+from efficientnet_jax import execution
 from efficientnet_jax import models
 
 Shape = tuple[int, ...]
@@ -56,26 +59,63 @@ class Layer:
   block_number: int | None = None
 
 
+# The order in which every reference creates a block's layers (TPU-MODEL,
+# V2-MODEL, KERAS, TIMM); which of them a block has comes from our tree.
+BLOCK_LAYER_ORDER = ('expand_conv', 'expand_bn', 'depthwise_conv',
+                     'depthwise_bn', 'se', 'project_conv', 'project_bn')
+TOP_LAYERS = ('stem_conv', 'stem_bn')
+HEAD_LAYERS = ('head_conv', 'head_bn', 'classifier')
+
+
+@functools.lru_cache(maxsize=16)
+def _parameter_tree(spec: arch.ArchSpec) -> Mapping[str, Any]:
+  """Our abstract parameters for spec (the classifier's width is immaterial)."""
+  model = models.EfficientNet(spec, num_classes=1, execution=execution.PLAIN)
+  return models.abstract_variables(model)['params']
+
+
+def _kind(name: str, variables: Mapping[str, Any]) -> str:
+  """'bn', 'dense', 'depthwise' or 'conv', from a layer's variables."""
+  if 'scale' in variables:
+    return 'bn'
+  if len(variables['kernel'].shape) == 2:
+    return 'dense'
+  return 'depthwise' if name == 'depthwise_conv' else 'conv'
+
+
 def network_layers(spec: arch.ArchSpec) -> list[Layer]:
-  """All layers with variables, in creation order (TPU-MODEL, KERAS, TIMM)."""
-  layers = [Layer('stem_conv', 'conv', ('stem_conv',)),
-            Layer('stem_bn', 'bn', ('stem_bn',))]
+  """All layers with variables, in creation order (TPU-MODEL, KERAS, TIMM).
+
+  Read off our model's parameter tree, so every block type lists exactly the
+  layers its module declares.
+
+  Raises:
+    ValueError: the tree has a layer that `BLOCK_LAYER_ORDER` (or the stem and
+      head names) does not place.
+  """
+  tree = _parameter_tree(spec)
+  block_names = {block.name for block in spec.blocks}
+  unplaced = set(tree) - block_names - set(TOP_LAYERS) - set(HEAD_LAYERS)
+  layers = [Layer(name, _kind(name, tree[name]), (name,))
+            for name in TOP_LAYERS]
   for number, block in enumerate(spec.blocks):
-    def layer(role, kind, *module, block=block, number=number):
-      return Layer(role, kind, (block.name, *module), block, number)
-    if block.expand_ratio != 1:
-      layers += [layer('expand_conv', 'conv', 'expand_conv'),
-                 layer('expand_bn', 'bn', 'expand_bn')]
-    layers += [layer('depthwise_conv', 'depthwise', 'depthwise_conv'),
-               layer('depthwise_bn', 'bn', 'depthwise_bn')]
-    if block.se_filters:
-      layers += [layer('se_reduce', 'dense', 'se', 'reduce'),
-                 layer('se_expand', 'dense', 'se', 'expand')]
-    layers += [layer('project_conv', 'conv', 'project_conv'),
-               layer('project_bn', 'bn', 'project_bn')]
-  layers += [Layer('head_conv', 'conv', ('head_conv',)),
-             Layer('head_bn', 'bn', ('head_bn',)),
-             Layer('classifier', 'dense', ('classifier',))]
+    block_tree = tree[block.name]
+    unplaced |= {f'{block.name}/{name}' for name in block_tree
+                 if name not in BLOCK_LAYER_ORDER}
+    for name in BLOCK_LAYER_ORDER:
+      if name not in block_tree:
+        continue
+      if name == 'se':
+        layers += [Layer(f'se_{part}', 'dense', (block.name, 'se', part),
+                         block, number) for part in ('reduce', 'expand')]
+      else:
+        layers.append(Layer(name, _kind(name, block_tree[name]),
+                            (block.name, name), block, number))
+  if unplaced:
+    raise ValueError(f'Layers the converters cannot place: '
+                     f'{name_list(sorted(unplaced))}.')
+  layers += [Layer(name, _kind(name, tree[name]), (name,))
+             for name in HEAD_LAYERS]
   return layers
 
 
