@@ -59,7 +59,7 @@ def time_steps(step, *, steps: int, warmup: int) -> list[float]:
 
 
 def config_overrides(impl: str) -> dict:
-  """{'model.inference_chunk_bytes': 0} from 'ours:model.inference_chunk_
+  """{'execution.inference_chunk_bytes': 0} from 'ours:execution.inference_chunk_
   bytes=0'; several overrides are joined by '+'. Values are Python literals."""
   _, _, text = impl.partition(':')
   overrides = {}
@@ -67,12 +67,12 @@ def config_overrides(impl: str) -> dict:
     field, sep, value = item.partition('=')
     if not sep:
       raise SystemExit(f'Bad override {item!r} in contender {impl!r}; write '
-                       "ours:FIELD=VALUE, e.g. ours:model.recompute='none'.")
+                       "ours:FIELD=VALUE, e.g. ours:execution.recompute='none'.")
     try:
       overrides[field] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
       raise SystemExit(f'Bad value {value!r} in contender {impl!r}; write a '
-                       "Python literal, e.g. ours:model.recompute='none'."
+                       "Python literal, e.g. ours:execution.recompute='none'."
                        ) from None
   return overrides
 
@@ -83,7 +83,7 @@ def our_config(variant: str, dtype: str, overrides: dict):
   sys.path.insert(0, REPO_ROOT)
   from configs import imagenet  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config(variant)
-  config.model.dtype = dtype
+  config.execution.dtype = dtype
   config.lock()
   config.update_from_flattened_dict(overrides)
   return config

@@ -13,7 +13,7 @@ Contenders (EfficientNet-B0 by default, --variant for others; fp32):
                 weights and BN statistics; the state is donated); inference
                 is jit_steps(...).eval, the step eval.py runs.
   ours:F=V[+F=V] ours with config fields overridden, as in
-                `ours:model.inference_chunk_bytes=0` (several joined by '+'):
+                `ours:execution.inference_chunk_bytes=0` (several joined by '+'):
                 an A/B of our own options, alternating with the rest; not a
                 peer in the ratios.
   timm          timm efficientnet_<variant>, PyTorch eager, channels-last;

@@ -384,7 +384,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mngr = checkpoints.manager(workdir, max_to_keep=config.keep_checkpoints,
                              enable_async=True)
   start_step, meta = saved_meta(config, mngr)
-  net = network.build(config.model, plan.num_classes, meta)
+  net = network.build(config.model, plan.num_classes, meta,
+                      execution=config.execution)
   if start_step:
     check_workdir_model(workdir, start_step, meta, net.spec, net.num_classes)
 

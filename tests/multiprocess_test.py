@@ -175,7 +175,7 @@ def test_one_process_reads_the_two_process_checkpoint(resumed):
   assert scores['top1'] == pytest.approx(
       logged(two, 'eval_ema/top1')[steps], abs=1e-6)
   # Fine-tuning from it: every tensor but a resized classifier is loaded.
-  state = tiny.make_state(network.build(config.model, 5, None).model)
+  state = tiny.make_state(network.build(config.model, 5, None, execution=config.execution).model)
   tuned = train_lib.load_pretrained(state, two)
   restored, _ = checkpoints.restore_raw(two)
   np.testing.assert_array_equal(tuned.params['stem_conv']['kernel'],
