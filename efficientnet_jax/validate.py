@@ -27,8 +27,10 @@ KNOWN_DATASETS = ('digits', 'imagenet2012', 'cifar10', 'cifar100',
                   'oxford_flowers102')
 DTYPES = ('float32', 'bfloat16', 'float16')
 PADDINGS = ('same', 'symmetric')
+# execution.py's choices; 'auto' picks the backend's.
+KERNELS = ('auto', 'cpu', 'xla')
 DEPTHWISE_IMPLS = ('auto', 'shifted', 'grouped')
-RECOMPUTE_POLICIES = ('all', 'project', 'none')  # models.RECOMPUTE_POLICIES.
+RECOMPUTE_POLICIES = ('auto', 'all', 'project', 'none')
 SECTIONS = ('model', 'execution')
 
 # The size of network one accelerator can train. The largest published
@@ -148,11 +150,13 @@ MODEL_RULES: dict[str, Rule] = dict(
     dropout_rate=number(0, 1, high_open=True, optional=True),
     resolution=integer(MIN_RESOLUTION, optional=True),
     padding=one_of(PADDINGS),
+    bn_group_size=integer(1, optional=True),
 )
-# How the network runs: in `config.model` or `config.execution`.
+# How the network runs (execution.py): in `config.execution`, or in
+# `config.model` for an older recipe; a missing one takes execution.DEFAULTS.
 EXECUTION_RULES: dict[str, Rule] = dict(
     dtype=one_of(DTYPES),
-    bn_group_size=integer(1, optional=True),
+    kernels=one_of(KERNELS),
     depthwise_impl=one_of(DEPTHWISE_IMPLS),
     recompute=_recompute,
     recompute_min_bytes=integer(0),
@@ -172,6 +176,7 @@ TOP_RULES: dict[str, Rule] = dict(
     shuffle_buffer_size=integer(1),
     batch_size=integer(1),
     eval_batch_size=integer(1),
+    grad_accum_steps=integer(1),
     num_epochs=number(0, low_open=True),
     num_train_steps=integer(1, optional=True),
     learning_rate=number(0, low_open=True),
@@ -185,7 +190,7 @@ TOP_RULES: dict[str, Rule] = dict(
     label_smoothing=number(0, 1, high_open=True),
     ema_decay=number(0, 1, high_open=True),
     init_checkpoint=text(optional=True),
-    eval_every_epochs=number(0),
+    eval_every_epochs=number(),  # <= 0: no periodic eval (the last step is).
     log_every_steps=integer(0),
     checkpoint_every_steps=integer(0),
     # orbax max_to_keep: 0 would delete every checkpoint as it is written.
@@ -233,6 +238,11 @@ def check_config(config: Mapping[str, Any], *, training: bool = True) -> None:
     check_field(f'config.{name}', config[name], rule)
   if 'model' not in config:
     raise errors.ConfigError('config has no model section (config.model).')
+  if config['batch_size'] % config['grad_accum_steps']:
+    raise errors.ConfigError(
+        f'config.grad_accum_steps={config["grad_accum_steps"]!r} does not '
+        f'divide config.batch_size={config["batch_size"]!r}: use a divisor '
+        'of the batch.')
   check_dataset_name(config['dataset'])
   if config['init_checkpoint'] is not None and not os.path.isdir(
       config['init_checkpoint']):
@@ -269,10 +279,6 @@ def check_model_section(model: Mapping[str, Any], *,
     found = (_find(execution, name) if execution is not None else
              ((f'{prefix}.{name}', model[name]) if name in model else None))
     if found is None:
-      if execution is not None:
-        raise errors.ConfigError(
-            f'config has no field {name!r} (in config.model or '
-            'config.execution).')
       continue
     field, value = found
     check_field(field, value, rule)

@@ -34,13 +34,13 @@ BAD = [
      'of b0'),
     ('model.dropout_rate', 1.0, 'in [0, 1)'),
     ('model.drop_path_rate', -0.1, 'in [0, 1)'),
-    ('model.dtype', 'float64', "one of 'float32', 'bfloat16', 'float16'"),
-    ('model.dtype', 'float16', 'loss scaling'),
+    ('execution.dtype', 'float64', "one of 'float32', 'bfloat16', 'float16'"),
+    ('execution.dtype', 'float16', 'loss scaling'),
     ('model.padding', 'valid', "one of 'same', 'symmetric'"),
-    ('model.recompute', 'some', "'all', 'project', 'none', True or False"),
-    ('model.depthwise_impl', 'fast', "one of 'auto'"),
+    ('execution.recompute', 'some', "'all', 'project', 'none', True or False"),
+    ('execution.depthwise_impl', 'fast', "one of 'auto'"),
     ('model.bn_group_size', 0, 'an integer >= 1 or None'),
-    ('model.recompute_min_bytes', -1, '>= 0'),
+    ('execution.recompute_min_bytes', -1, '>= 0'),
     ('batch_size', 0, 'config.batch_size=0 is not allowed: use an integer >= 1'),
     ('batch_size', True, 'an integer >= 1'),
     ('eval_batch_size', -8, '>= 1'),
@@ -66,7 +66,7 @@ BAD = [
     ('checkpoint_every_steps', -1, '>= 0'),
     ('keep_checkpoints', 0, '>= 1'),
     ('profile_steps', -2, '>= 0'),
-    ('eval_every_epochs', -1.0, '>= 0'),
+    ('eval_every_epochs', float('inf'), 'a finite number'),
     ('dataset', 'Not A Name', 'is not a dataset name'),
     ('dataset', 'no_such_dataset_xyz', 'is not a known dataset'),
     ('init_checkpoint', '/no/such/dir', 'is not a directory'),
@@ -92,20 +92,21 @@ def test_bad_value_is_one_line_naming_field_value_and_allowed(field, value,
 
 def test_float16_is_allowed_for_eval_only():
   config = demo.get_config().to_dict()
-  config['model']['dtype'] = 'float16'
+  config['execution']['dtype'] = 'float16'
   validate.check_config(config, training=False)
 
 
-def test_execution_fields_are_found_in_an_execution_section():
+def test_execution_fields_are_found_in_either_section():
   config = demo.get_config().to_dict()
-  config['execution'] = dict(dtype=config['model'].pop('dtype'),
-                             recompute=config['model'].pop('recompute'))
-  validate.check_config(config)
-  config['execution']['recompute'] = 'sometimes'
-  with pytest.raises(errors.ConfigError, match=r'config\.execution\.recompute'):
+  # An older recipe keeps them in its model section; a missing one defaults.
+  config['model'].update(dtype='float16', recompute='project')
+  del config['execution']
+  with pytest.raises(errors.ConfigError, match=r"config\.model\.dtype='float16'"):
     validate.check_config(config)
-  del config['execution']['recompute']
-  with pytest.raises(errors.ConfigError, match="no field 'recompute'"):
+  config['model']['dtype'] = 'float32'
+  validate.check_config(config)
+  config['model']['recompute'] = 'sometimes'
+  with pytest.raises(errors.ConfigError, match=r'config\.model\.recompute'):
     validate.check_config(config)
 
 
