@@ -36,6 +36,7 @@ _PREDICTIONS = flags.DEFINE_string(
     'predictions', None, 'Also write per-example top-5 predictions (JSONL).')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() (multi-process).')
+_LAUNCH = cli.define_launch_flags()
 flags.mark_flags_as_required(['config', 'checkpoint'])
 
 
@@ -44,7 +45,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   validate.check_config(_CONFIG.value, training=False)
   checkpoints.check_directory(_CHECKPOINT.value)
-  cli.setup_devices(_DISTRIBUTED.value)
+  cli.setup_devices(_DISTRIBUTED.value,
+                      {k: v.value for k, v in _LAUNCH.items()})
   # Imported here so that a refused config costs no TensorFlow import.
   from efficientnet_jax import eval_lib  # pylint: disable=g-import-not-at-top
   results = eval_lib.evaluate_checkpoint(

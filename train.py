@@ -24,6 +24,11 @@ _WORKDIR = flags.DEFINE_string(
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() (multi-process); '
     'implied when JAX_COORDINATOR_ADDRESS is set.')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache', None, 'JAX persistent compilation cache directory '
+    '(default WORKDIR/jax_cache; "none" turns it off): a restarted run '
+    'reaches its first step without recompiling.')
+_LAUNCH = cli.define_launch_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -35,7 +40,9 @@ def main(argv):
   validate.check_config(_CONFIG.value)
   with cli.sigterm_before_training(_WORKDIR.value,
                                    enabled=not _DISTRIBUTED.value):
-    cli.setup_devices(_DISTRIBUTED.value)
+    cli.use_compilation_cache(_COMPILATION_CACHE.value, _WORKDIR.value)
+    cli.setup_devices(_DISTRIBUTED.value,
+                      {k: v.value for k, v in _LAUNCH.items()})
     # Imported here so that a refused config costs no TensorFlow/jax import.
     # pylint: disable=g-import-not-at-top
     from efficientnet_jax import checkpoints

@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
 from absl import app
 from absl import flags
@@ -177,12 +177,71 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
 
 
-def setup_devices(distributed: bool) -> None:
+def define_launch_flags() -> dict[str, Any]:
+  """The multi-process launch flags train.py and eval.py share."""
+  return dict(
+      coordinator_address=flags.DEFINE_string(
+          'coordinator_address', None, 'host:port of process 0 of a '
+          'multi-process job (or JAX_COORDINATOR_ADDRESS); docs/launch.md.'),
+      num_processes=flags.DEFINE_integer(
+          'num_processes', None, 'Processes in the job (or JAX_NUM_PROCESSES).'),
+      process_id=flags.DEFINE_integer(
+          'process_id', None, 'This process, 0..num_processes-1 (or '
+          'JAX_PROCESS_ID).'))
+
+
+def distributed_args(distributed: bool, *, coordinator_address: str | None,
+                     num_processes: int | None, process_id: int | None,
+                     environ: Mapping[str, str] = os.environ
+                     ) -> dict[str, Any] | None:
+  """jax.distributed.initialize's arguments from the flags or environment.
+
+  None for a single-process run. Flags win over JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID; what neither gives is left for jax to
+  detect (SLURM, Open MPI, Kubernetes, Cloud TPU).
+  """
+  given = dict(
+      coordinator_address=(coordinator_address or
+                           environ.get('JAX_COORDINATOR_ADDRESS')),
+      num_processes=(num_processes if num_processes is not None else
+                     _int_env(environ, 'JAX_NUM_PROCESSES')),
+      process_id=(process_id if process_id is not None else
+                  _int_env(environ, 'JAX_PROCESS_ID')))
+  if not distributed and all(value is None for value in given.values()):
+    return None
+  return {name: value for name, value in given.items() if value is not None}
+
+
+def _int_env(environ: Mapping[str, str], name: str) -> int | None:
+  value = environ.get(name)
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise errors.ConfigError(f'{name}={value!r} is not an integer.') from None
+
+
+def use_compilation_cache(directory: str | None, workdir: str) -> None:
+  """JAX's persistent compilation cache in `directory` (WORKDIR/jax_cache
+  by default, 'none' for off; JAX_COMPILATION_CACHE_DIR when set and no
+  directory is given), so a restart does not recompile its steps."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if directory == 'none' or (directory is None and
+                             os.environ.get('JAX_COMPILATION_CACHE_DIR')):
+    return
+  jax.config.update('jax_compilation_cache_dir', directory or
+                    os.path.join(os.path.abspath(workdir), 'jax_cache'))
+
+
+def setup_devices(distributed: bool,
+                  launch: Mapping[str, Any] | None = None) -> None:
   """Process-wide settings of an entry point, before any jax computation.
 
   Keeps TF (data only) off accelerators, sets how XLA:CPU holds host memory
   (read when jax creates its CPU client; host_memory.py), and joins a
-  multi-process job.
+  multi-process job when `distributed_args` says so (`launch` holds the
+  launch flags' values).
   """
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
@@ -191,9 +250,18 @@ def setup_devices(distributed: bool) -> None:
   host_memory.reuse_execution_memory()
   host_memory.release_after_each_compile()
   tf.config.set_visible_devices([], 'GPU')
-  if distributed or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    # Auto-detects SLURM, Open MPI, Kubernetes and Cloud TPU environments.
-    jax.distributed.initialize()
+  kwargs = distributed_args(distributed, **dict(
+      dict.fromkeys(('coordinator_address', 'num_processes', 'process_id')),
+      **(launch or {})))
+  if kwargs is not None:
+    try:
+      jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as error:
+      raise errors.ConfigError(
+          f'Could not join the multi-process job ({one_line(error)}); pass '
+          '--coordinator_address, --num_processes and --process_id (or '
+          'JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or '
+          'launch where jax detects them (docs/launch.md).') from None
   logging.info('JAX process %d of %d, %d local / %d global devices (%s).',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),

@@ -10,6 +10,7 @@ from absl import flags
 import pytest
 
 from efficientnet_jax import cli
+from efficientnet_jax import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = f'--config={ROOT}/configs/demo.py'
@@ -60,3 +61,20 @@ def test_fatal_prints_one_line_and_exits(capsys, monkeypatch):
   assert capsys.readouterr().err == 'FATAL: bad value\n'
   monkeypatch.setenv(cli.VERBOSE_ENV, '1')
   assert cli.verbose()
+
+
+def test_launch_from_flags_or_environment():
+  none = dict(coordinator_address=None, num_processes=None, process_id=None)
+  assert cli.distributed_args(False, **none, environ={}) is None
+  assert cli.distributed_args(True, **none, environ={}) == {}
+  environ = dict(JAX_COORDINATOR_ADDRESS='10.0.0.1:1234',
+                 JAX_NUM_PROCESSES='4', JAX_PROCESS_ID='3')
+  assert cli.distributed_args(False, **none, environ=environ) == dict(
+      coordinator_address='10.0.0.1:1234', num_processes=4, process_id=3)
+  # Flags win over the environment.
+  assert cli.distributed_args(
+      False, coordinator_address='h:1', num_processes=2, process_id=0,
+      environ=environ) == dict(coordinator_address='h:1', num_processes=2,
+                               process_id=0)
+  with pytest.raises(errors.ConfigError, match="JAX_PROCESS_ID='x'"):
+    cli.distributed_args(False, **none, environ=dict(JAX_PROCESS_ID='x'))
