@@ -115,25 +115,28 @@ def test_names_say_which_published_row():
 
 
 def test_families_join_the_table_once_arch_knows_them():
-  assert not any(row.variant.startswith(('v2-', 'edgetpu-'))
-                 for row in reproduce.official_rows())
-  with mock.patch.dict(arch.PRESETS, {'edgetpu-s': arch.PRESETS['b0'],
-                                      'v2-s': arch.PRESETS['b0']}):
-    rows = {row.name: row for row in reproduce.official_rows()}
-    assert rows['edgetpu-s'].published_top1 == 77.23
-    assert rows['edgetpu-s'].tarball == 'efficientnet-edgetpu-S.tar.gz'
-    assert rows['v2-s'].published_top1 == 83.9
-    assert rows['v2-s-21k-ft1k'].tarball == 'v2/efficientnetv2-s-21k-ft1k.tgz'
-    assert reproduce._official_row('efficientnet-edgetpu-S', None).name == (
-        'edgetpu-s')
-    assert reproduce._official_row('efficientnetv2-s-21k-ft1k', None).name == (
-        'v2-s-21k-ft1k')
-    assert reproduce._file_row(
-        'tf_efficientnetv2_s.in21k_ft_in1k.safetensors').name == (
-            'timm-v2-s-21k-ft1k')
-    assert reproduce._file_row('tf_efficientnet_es.in1k.safetensors').name == (
-        'timm-edgetpu-s')
-    assert reproduce._file_row('efficientnetv2-s.h5').published_top1 == 83.9
+  names = {row.name for row in reproduce.official_rows()}
+  assert {'edgetpu-s', 'v2-s', 'v2-xl-21k-ft1k'} <= names
+  without = {k: v for k, v in arch.PRESETS.items()
+             if not k.startswith(('v2-', 'edgetpu-'))}
+  with mock.patch.dict(arch.PRESETS, without, clear=True):
+    assert not any(row.variant.startswith(('v2-', 'edgetpu-'))
+                   for row in reproduce.official_rows())
+  rows = {row.name: row for row in reproduce.official_rows()}
+  assert rows['edgetpu-s'].published_top1 == 77.23
+  assert rows['edgetpu-s'].tarball == 'efficientnet-edgetpu-S.tar.gz'
+  assert rows['v2-s'].published_top1 == 83.9
+  assert rows['v2-s-21k-ft1k'].tarball == 'v2/efficientnetv2-s-21k-ft1k.tgz'
+  assert reproduce._official_row('efficientnet-edgetpu-S', None).name == (
+      'edgetpu-s')
+  assert reproduce._official_row('efficientnetv2-s-21k-ft1k', None).name == (
+      'v2-s-21k-ft1k')
+  assert reproduce._file_row(
+      'tf_efficientnetv2_s.in21k_ft_in1k.safetensors').name == (
+          'timm-v2-s-21k-ft1k')
+  assert reproduce._file_row('tf_efficientnet_es.in1k.safetensors').name == (
+      'timm-edgetpu-s')
+  assert reproduce._file_row('efficientnetv2-s.h5').published_top1 == 83.9
 
 
 def test_unprepared_dataset_stops_before_any_conversion(setup, tmp_path):

@@ -157,7 +157,7 @@ BAD_INPUTS = [
      'config.model.resolution=0 is not allowed: use an integer >= 32'),
     (TRAIN, ['--config.model.phi=100'], 1, 'config.model.phi=100.0'),
     (TRAIN, ['--config.batch_size=0'], 1, 'config.batch_size=0'),
-    (TRAIN, ['--config.model.dtype=float16'], 1, 'loss scaling'),
+    (TRAIN, ['--config.execution.dtype=float16'], 1, 'loss scaling'),
     (TRAIN, ['--config.model.phi=abc'], 2, 'flag --config.model.phi=abc'),
     (('train.py', '--config=configs/demo.py:b9'), [], 2,
      "--config=configs/demo.py:b9: Unknown EfficientNet variant 'b9'"),
