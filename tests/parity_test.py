@@ -13,6 +13,7 @@ e=4) and 40 blocks, which the randomisation keeps well conditioned (see
 same parameters.
 """
 
+import functools
 import os
 
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
@@ -101,7 +102,7 @@ def our_logits(converted: convert.Converted, images: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize('variant', ['b0', 'b2', 'v2-b0', 'v2-s'])
 def test_keras_logits_match(variant, images, tmp_path):
-  keras_model = randomised_keras_model(variant, seed=1)
+  keras_model = shared_keras_model(variant)
   path = str(tmp_path / f'{variant}.keras')
   keras_model.save(path)
   expected = np.asarray(keras_model(images, training=False))
@@ -117,9 +118,16 @@ def test_keras_logits_match(variant, images, tmp_path):
   assert difference < TOLERANCE, difference
 
 
-def test_keras_file_layouts_agree(tmp_path):
+@functools.lru_cache(maxsize=None)
+def shared_keras_model(variant: str) -> keras.Model:
+  """One randomised Keras model per variant for all tests of this file."""
+  return randomised_keras_model(variant, seed=1)
+
+
+@pytest.mark.parametrize('variant', ['b0', 'v2-b0'])
+def test_keras_file_layouts_agree(variant, tmp_path):
   """.keras, Keras 3 .weights.h5, legacy weights .h5 and full .h5 agree."""
-  keras_model = randomised_keras_model('b0', seed=2)
+  keras_model = shared_keras_model(variant)
   paths = dict(keras=tmp_path / 'm.keras', weights=tmp_path / 'm.weights.h5',
                legacy_weights=tmp_path / 'legacy.h5',
                legacy_model=tmp_path / 'full.h5')
@@ -130,7 +138,7 @@ def test_keras_file_layouts_agree(tmp_path):
     legacy_h5_format.save_weights_to_hdf5_group(f, keras_model)
   keras_model.save(paths['legacy_model'])
 
-  results = {name: convert.convert('keras', str(path), 'b0')
+  results = {name: convert.convert('keras', str(path), variant)
              for name, path in paths.items()}
   reference = results['keras']
   for name, result in results.items():
@@ -141,6 +149,13 @@ def test_keras_file_layouts_agree(tmp_path):
                                reference.meta['mean_rgb'], rtol=1e-6)
     np.testing.assert_allclose(result.meta['std_rgb'],
                                reference.meta['std_rgb'], rtol=1e-6)
+  if variant == 'v2-b0':
+    # KERAS efficientnet_v2.py: constant ImageNet mean/std, our preset's.
+    np.testing.assert_allclose(reference.meta['mean_rgb'], arch.IMAGENET_MEAN,
+                               rtol=1e-6)
+    np.testing.assert_allclose(reference.meta['std_rgb'], arch.IMAGENET_STD,
+                               rtol=1e-6)
+    return
   # The Normalization's values, as mean/std on [0, 255].
   mean, variance, _ = normalization_layer(keras_model).get_weights()
   np.testing.assert_allclose(reference.meta['mean_rgb'], mean * 255, rtol=1e-6)

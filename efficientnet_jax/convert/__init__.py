@@ -10,10 +10,15 @@ or from Python::
 
 The output is a checkpoint directory in our format (checkpoints.py): state
 {'params', 'batch_stats'} and meta {'model' (the config's model section),
-'num_classes', 'padding', 'mean_rgb', 'std_rgb', 'source'}, which eval.py,
+'num_classes', 'padding', 'mean_rgb', 'std_rgb', 'source', 'ema_weights'
+(TF: whether the ExponentialMovingAverage copies were read; None for other
+sources), 'background_class' ('dropped' or 'kept' for a 1001-class head
+such as official EdgeTPU's, whose output 0 is the background; None
+otherwise)}, which eval.py,
 fine-tuning and `efficientnet_jax.create_model(checkpoint=...)` read. Values
 are moved, never changed (transposes and reshapes only), except that timm's
-own efficientnet_* weights get their BN eps folded into the BN scales.
+own efficientnet_* weights get their BN eps folded into the BN scales and a
+background class is dropped unless asked to keep it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from efficientnet_jax.convert import timm
 
 ConversionError = placement.ConversionError
 SOURCES = ('tf', 'keras', 'timm')
+# ImageNet's 1000 classes plus a background class 0 (TPU-EDGE num_classes).
+BACKGROUND_CLASSES = 1001
 PADDINGS = ('auto', 'same', 'symmetric')
 
 
@@ -212,15 +219,17 @@ def convert(source: str, path: str, variant: str, *,
             use_ema: bool = True, allow_unused: bool = False,
             mean_rgb: Sequence[float] | None = None,
             std_rgb: Sequence[float] | None = None,
-            resolution: int | None = None) -> Converted:
+            resolution: int | None = None,
+            keep_background_class: bool = False) -> Converted:
   """Reads a published checkpoint into our variables and meta.
 
   Args:
-    source: 'tf' (official TF checkpoints, Lite included), 'keras'
-      (keras.applications files) or 'timm' (state dicts).
+    source: 'tf' (official TF checkpoints: V1, Lite, EdgeTPU, V2), 'keras'
+      (keras.applications files, V1 and V2) or 'timm' (state dicts).
     path: the checkpoint: a TF checkpoint directory or prefix, a Keras
       .h5/.weights.h5/.keras file, a timm .safetensors/.pth file.
-    variant: 'b0'..'b8', 'l2', 'lite0'..'lite4'.
+    variant: 'b0'..'b8', 'l2', 'lite0'..'lite4', 'edgetpu-s'..'edgetpu-l',
+      'v2-b0'..'v2-b3', 'v2-s'..'v2-xl'.
     advprop: the weights expect AdvProp's [-1, 1] input; None guesses from
       the path ('advprop', or timm's '_ap' tag).
     padding: 'auto', 'same' or 'symmetric' (only timm's own efficientnet_*
@@ -232,6 +241,9 @@ def convert(source: str, path: str, variant: str, *,
     std_rgb: override the recorded input std (on [0, 255]).
     resolution: the evaluation resolution to record in the model section
       (None: the variant's own; e.g. 475 for the L2-475 checkpoint).
+    keep_background_class: a 1001-class classifier (official EdgeTPU: output
+      0 is the background class) stays 1001 wide; by default output 0 is
+      dropped, leaving the 1000 ImageNet classes in their usual order.
 
   Returns:
     The converted variables and the checkpoint meta.
@@ -260,11 +272,14 @@ def convert(source: str, path: str, variant: str, *,
       logging.info('Treating %s as an AdvProp checkpoint (from its path); '
                    'pass --noadvprop if it is not.', path)
 
-  details = ''
+  details = []
+  ema_weights = None
   if source == 'tf':
     variables, facts = tf_official.load(path, spec, variant, use_ema=use_ema,
                                         allow_unused=allow_unused)
-    details = f"{facts['prefix']}, {'EMA' if facts['ema'] else 'raw'} weights"
+    ema_weights = facts['ema']
+    details.append(f"{facts['prefix']}, "
+                   f"{'EMA' if facts['ema'] else 'raw'} weights")
     path = facts['checkpoint']
   elif source == 'keras':
     variables, facts = keras.load(path, spec, variant,
@@ -273,7 +288,21 @@ def convert(source: str, path: str, variant: str, *,
     variables, facts = timm.load(path, spec, variant, padding=padding,
                                  allow_unused=allow_unused)
     if facts['bn_epsilon_folded']:
-      details = f"BN eps {facts['bn_epsilon_folded']:g} folded into the scales"
+      details.append(f"BN eps {facts['bn_epsilon_folded']:g} folded into the "
+                     'scales')
+  num_classes = facts['num_classes']
+  background_class = None
+  if num_classes == BACKGROUND_CLASSES:
+    if keep_background_class:
+      background_class = 'kept'
+      details.append('1001 classes, output 0 the background')
+    else:
+      placement.drop_background_class(variables)
+      num_classes -= 1
+      background_class = 'dropped'
+      details.append('background class 0 dropped')
+    logging.info('The classifier has %d outputs, output 0 the background '
+                 'class: %s.', BACKGROUND_CLASSES, background_class)
 
   mean, std, how = _normalization(source, spec, facts, advprop, padding)
   if mean_rgb is not None or std_rgb is not None:
@@ -283,13 +312,15 @@ def convert(source: str, path: str, variant: str, *,
                mean, std)
   description = f'{source}:{os.path.abspath(path)}'
   if details:
-    description += f' ({details})'
+    description += f' ({"; ".join(details)})'
   meta = dict(model=model_section(variant, padding, resolution),
-              num_classes=facts['num_classes'],
+              num_classes=num_classes,
               padding=padding,
               mean_rgb=[float(v) for v in mean],
               std_rgb=[float(v) for v in std],
-              source=description)
+              source=description,
+              ema_weights=ema_weights,
+              background_class=background_class)
   return Converted(variables, meta)
 
 

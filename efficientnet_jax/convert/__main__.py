@@ -18,12 +18,15 @@ from efficientnet_jax import convert
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('source', None, list(convert.SOURCES),
                   "Where the weights come from: 'tf' (official TF checkpoints "
-                  "incl. AutoAugment/RandAugment/AdvProp/NoisyStudent/Lite), "
+                  "incl. AutoAugment/RandAugment/AdvProp/NoisyStudent/Lite/"
+                  "EdgeTPU, and google/automl EfficientNetV2), "
                   "'keras' (keras.applications .h5/.weights.h5/.keras) or "
                   "'timm' (.safetensors, or .pth when torch is installed).")
 flags.DEFINE_string('input', None, 'The checkpoint: TF directory or prefix, '
                     'Keras file, timm file.')
-flags.DEFINE_string('variant', None, "'b0'..'b8', 'l2', 'lite0'..'lite4'.")
+flags.DEFINE_string('variant', None, "'b0'..'b8', 'l2', 'lite0'..'lite4', "
+                    "'edgetpu-s'..'edgetpu-l', 'v2-b0'..'v2-b3', "
+                    "'v2-s'..'v2-xl'.")
 flags.DEFINE_string('output', None, 'New checkpoint directory to write.')
 flags.DEFINE_boolean('advprop', None, 'The weights expect AdvProp [-1, 1] '
                      "input. Default: guessed from the path ('advprop', or "
@@ -44,6 +47,9 @@ flags.DEFINE_list('std_rgb', None, 'Override the recorded input std (three '
 flags.DEFINE_integer('resolution', None, "Evaluation resolution recorded in "
                      "the checkpoint's model section; default the variant's "
                      '(e.g. 475 for the NoisyStudent L2-475 checkpoint).')
+flags.DEFINE_boolean('keep_background_class', False, 'A 1001-class '
+                     'classifier (official EdgeTPU; output 0 is the '
+                     'background) stays 1001 wide instead of losing output 0.')
 flags.mark_flags_as_required(['source', 'input', 'variant', 'output'])
 
 
@@ -55,7 +61,8 @@ def main(argv):
       FLAGS.source, FLAGS.input, FLAGS.variant, advprop=FLAGS.advprop,
       padding=FLAGS.padding, use_ema=FLAGS.use_ema,
       allow_unused=FLAGS.allow_unused, mean_rgb=FLAGS.mean_rgb,
-      std_rgb=FLAGS.std_rgb, resolution=FLAGS.resolution)
+      std_rgb=FLAGS.std_rgb, resolution=FLAGS.resolution,
+      keep_background_class=FLAGS.keep_background_class)
   convert.save(converted, FLAGS.output)
 
 

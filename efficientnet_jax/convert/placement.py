@@ -301,23 +301,40 @@ def bn_targets(module: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def check_family(spec: arch.ArchSpec, has_se: bool, description: str,
-                 variant: str) -> None:
-  """One-line error when a Lite checkpoint meets a B variant, or vice versa.
+                  variant: str) -> None:
+  """One-line error when an SE-less checkpoint meets a variant with SE, or
+  vice versa.
 
-  Lite networks are the only ones without squeeze-excitation (TPU-LITE), so
-  the presence of SE tensors tells the families apart before any shape does.
+  Lite and EdgeTPU are the families without squeeze-excitation (TPU-LITE,
+  TPU-EDGE use_se=False), so the presence of SE tensors tells them from B and
+  V2 before any shape does.
   """
   wants_se = any(block.se_filters for block in spec.blocks)
   if wants_se and not has_se:
     raise ConversionError(
         f'{description} has no squeeze-excitation tensors, so it is an '
-        f'EfficientNet-Lite checkpoint, but --variant {variant} is a B model '
-        'with SE; pass --variant lite0..lite4.')
+        f'EfficientNet-Lite or EdgeTPU checkpoint, but --variant {variant} '
+        'has SE; pass --variant lite0..lite4 or edgetpu-s/m/l.')
   if has_se and not wants_se:
+    family = {'lite': 'Lite', 'edgetpu': 'EdgeTPU'}.get(spec.family,
+                                                        spec.family)
     raise ConversionError(
         f'{description} has squeeze-excitation tensors, so it is an '
-        f'EfficientNet-B checkpoint, but --variant {variant} is a Lite model '
-        'without SE; pass --variant b0..b8 or l2.')
+        f'EfficientNet-B or V2 checkpoint, but --variant {variant} is an '
+        f'EfficientNet-{family} model without SE; pass --variant b0..b8, l2 '
+        'or v2-*.')
+
+
+def drop_background_class(variables: dict[str, Any]) -> None:
+  """Removes output 0 of the classifier in place.
+
+  The official EdgeTPU classifier has 1001 outputs, output 0 the background
+  class and 1..1000 the ImageNet classes in their usual order (TPU-EDGE
+  num_classes=1001); without output 0 it is a 1000-class classifier.
+  """
+  classifier = variables['params']['classifier']
+  classifier['kernel'] = np.ascontiguousarray(classifier['kernel'][:, 1:])
+  classifier['bias'] = np.ascontiguousarray(classifier['bias'][1:])
 
 
 def fold_bn_epsilon(variables: dict[str, Any], source_epsilon: float,

@@ -1,25 +1,34 @@
-"""The official TF checkpoints (tensorflow/tpu models/official/efficientnet).
+"""The official TF checkpoints: tensorflow/tpu models/official/efficientnet
+(V1, Lite, EdgeTPU) and google/automl efficientnetv2 (V2).
 
-Variable names, verified against TPU-MODEL (efficientnet_model.py) and
-TPU-BUILD (efficientnet_builder.py); the Lite builder reuses the same model
-code (TPU-LITE):
-- everything lives under the model name's scope, e.g. `efficientnet-b0/` or
-  `efficientnet-lite0/` (`build_model`: tf.variable_scope(model_name));
+Variable names, verified against TPU-MODEL (efficientnet_model.py),
+TPU-BUILD (efficientnet_builder.py), TPU-EDGE and V2-MODEL
+(effnetv2_model.py); the Lite and EdgeTPU builders reuse the TPU model code:
+- everything lives under the model name's scope, e.g. `efficientnet-b0/`,
+  `efficientnet-lite0/`, `efficientnet-edgetpu-S/` (`build_model`:
+  tf.variable_scope(model_name)) or `efficientnetv2-s/` (V2-MODEL: the Keras
+  model's name);
 - `stem/conv2d/kernel`, `stem/tpu_batch_normalization/{gamma,beta,
   moving_mean,moving_variance}` (utils.BatchNormalization is named
-  'tpu_batch_normalization' on every platform);
-- `blocks_N/...` numbered globally 0..N-1. Inside a block, the tf.layers get
-  their names in order of first call: `conv2d` is the expansion conv and
-  `conv2d_1` the projection (or `conv2d` the projection when expand_ratio is
-  1); `tpu_batch_normalization`, `_1`, `_2` follow the same order;
-  `depthwise_conv2d/depthwise_kernel` (k, k, C, 1); `se/conv2d` (reduce) and
-  `se/conv2d_1` (expand), 1x1 kernels with biases;
+  'tpu_batch_normalization' on every platform, in both code bases);
+- `blocks_N/...` numbered globally 0..N-1. Inside a block the convs and batch
+  norms are named by a counter in creation order: `conv2d`, `conv2d_1` and
+  `tpu_batch_normalization`, `_1`, `_2` (TPU-MODEL through tf.layers' name
+  uniquification, V2-MODEL through explicit get_conv_name/get_norm_name
+  counters). So MBConv's expansion is `conv2d` and its projection
+  `conv2d_1`, or the projection is `conv2d` when expand_ratio is 1; the same
+  counter numbers the fused blocks (V2 Fused-MBConv, EdgeTPU's block without
+  depthwise conv); `depthwise_conv2d/depthwise_kernel` (k, k, C, 1);
+  `se/conv2d` (reduce) and `se/conv2d_1` (expand), 1x1 kernels with biases;
 - `head/conv2d/kernel`, `head/tpu_batch_normalization/...`,
-  `head/dense/{kernel,bias}` (kernel (features, classes)).
+  `head/dense/{kernel,bias}` (kernel (features, classes); V2-MODEL calls its
+  Dense inside tf.name_scope('head'), marked "legacy", to keep this name).
+- EdgeTPU's classifier has 1001 outputs, class 0 the background (TPU-EDGE
+  num_classes=1001); `convert` drops or keeps it.
 - Training checkpoints add `<name>/ExponentialMovingAverage` for every
-  trainable variable and BN moving statistic (utils.get_ema_vars) and the
-  optimizer slots; the official eval (EvalCkptDriver.restore_model) restores
-  the EMA copies, and so do we unless told otherwise.
+  trainable variable and BN moving statistic (utils.get_ema_vars in both code
+  bases) and the optimizer slots; the official evals restore the EMA copies,
+  and so do we unless told otherwise.
 
 Reading uses `tf.train.load_checkpoint`; tensorflow is imported only here.
 """
@@ -28,7 +37,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 import numpy as np
@@ -45,19 +54,25 @@ TF_BN_NAMES = ('gamma', 'beta', 'moving_mean', 'moving_variance')
 STEM_KERNEL = '/stem/conv2d/kernel'
 
 
-def block_layer_names(block: arch.BlockSpec) -> dict[str, str]:
-  """Our role -> TF layer scope inside `blocks_N` (creation order)."""
-  if block.expand_ratio != 1:
-    return dict(expand_conv='conv2d', expand_bn='tpu_batch_normalization',
-                depthwise_conv='depthwise_conv2d',
-                depthwise_bn='tpu_batch_normalization_1',
-                se_reduce='se/conv2d', se_expand='se/conv2d_1',
-                project_conv='conv2d_1',
-                project_bn='tpu_batch_normalization_2')
-  return dict(depthwise_conv='depthwise_conv2d',
-              depthwise_bn='tpu_batch_normalization',
-              se_reduce='se/conv2d', se_expand='se/conv2d_1',
-              project_conv='conv2d', project_bn='tpu_batch_normalization_1')
+def block_layer_names(layers: Sequence[placement.Layer]) -> dict[str, str]:
+  """Our role -> TF layer scope inside `blocks_N`, for one block's layers in
+  creation order: convs and batch norms each take the next name of their
+  counter (`conv2d`, `conv2d_1`; `tpu_batch_normalization`, `_1`, `_2`)."""
+  counters = {'conv': 0, 'bn': 0}
+  bases = {'conv': 'conv2d', 'bn': 'tpu_batch_normalization'}
+  names = {}
+  for layer in layers:
+    if layer.role == 'depthwise_conv':
+      names[layer.role] = 'depthwise_conv2d'
+    elif layer.role in ('se_reduce', 'se_expand'):
+      names[layer.role] = ('se/conv2d' if layer.role == 'se_reduce' else
+                           'se/conv2d_1')
+    else:
+      kind = 'bn' if layer.kind == 'bn' else 'conv'
+      count = counters[kind]
+      counters[kind] += 1
+      names[layer.role] = bases[kind] + (f'_{count}' if count else '')
+  return names
 
 
 HEAD_LAYERS = dict(stem_conv='stem/conv2d',
@@ -69,13 +84,20 @@ HEAD_LAYERS = dict(stem_conv='stem/conv2d',
 
 def entries(spec: arch.ArchSpec, prefix: str) -> list[placement.Entry]:
   """Where each of our tensors lives in an official checkpoint."""
+  layers = placement.network_layers(spec)
+  by_block: dict[int, list[placement.Layer]] = {}
+  for layer in layers:
+    if layer.block is not None:
+      by_block.setdefault(layer.block_number, []).append(layer)
+  scopes = {number: block_layer_names(block_layers)
+            for number, block_layers in by_block.items()}
   result = []
-  for layer in placement.network_layers(spec):
+  for layer in layers:
     if layer.block is None:
       scope = f'{prefix}/{HEAD_LAYERS[layer.role]}'
     else:
       scope = (f'{prefix}/blocks_{layer.block_number}/'
-               f'{block_layer_names(layer.block)[layer.role]}')
+               f'{scopes[layer.block_number][layer.role]}')
     if layer.kind == 'bn':
       for target, name in zip(placement.bn_targets(layer.module), TF_BN_NAMES):
         result.append(placement.Entry(target, f'{scope}/{name}',
@@ -191,7 +213,8 @@ def load(path: str, spec: arch.ArchSpec, variant: str, *, use_ema: bool = True,
   prefix_path = find_checkpoint(path)
   source = CheckpointSource(prefix_path, use_ema)
   prefix = model_prefix(source)
-  if prefix != spec.name:
+  # TPU-EDGE names its scopes 'efficientnet-edgetpu-S'; ours are lower case.
+  if prefix.lower() != spec.name.lower():
     logging.warning('The checkpoint is %s, converting it as %s.', prefix,
                     spec.name)
   has_se = any(f'{prefix}/blocks_' in name and '/se/' in name

@@ -3,11 +3,19 @@
 Names (TIMM timm/models/efficientnet.py, _efficientnet_blocks.py):
 `conv_stem.weight` (OIHW), `bn1.{weight,bias,running_mean,running_var,
 num_batches_tracked}`, `blocks.<stage>.<index>.*`, `conv_head.weight`,
-`bn2.*`, `classifier.{weight,bias}` ((classes, features)). A block with
-expansion ratio 1 is a DepthwiseSeparableConv: `conv_dw`, `bn1`,
-`se.conv_reduce`, `se.conv_expand`, `conv_pw` (the projection), `bn2`; every
-other block is an InvertedResidual: `conv_pw` (expansion), `bn1`, `conv_dw`,
-`bn2`, `se.*`, `conv_pwl` (projection), `bn3`. Lite models have no `se.*`.
+`bn2.*`, `classifier.{weight,bias}` ((classes, features)). Blocks, by our
+block type (TIMM _efficientnet_blocks.py):
+- MBConv with expansion ratio 1: DepthwiseSeparableConv, `conv_dw`, `bn1`,
+  `se.conv_reduce`, `se.conv_expand`, `conv_pw` (the projection), `bn2`;
+- other MBConv: InvertedResidual, `conv_pw` (expansion), `bn1`, `conv_dw`,
+  `bn2`, `se.*`, `conv_pwl` (projection), `bn3`;
+- Fused-MBConv with expansion ratio 1 (V2's first stage, timm's 'cn'):
+  ConvBnAct, `conv` and `bn1`;
+- other Fused-MBConv (V2, 'er') and EdgeTPU's fused expansion ('er'):
+  EdgeResidual, `conv_exp`, `bn1`, `se.*`, `conv_pwl`, `bn2`.
+Lite and EdgeTPU models have no `se.*`. V2 ports are `tf_efficientnetv2_*`,
+EdgeTPU ports `tf_efficientnet_e{s,m,l}` (1000 classes: timm dropped the
+official background class).
 
 Two kinds of weights share these names:
 - `tf_efficientnet_*` / `tf_efficientnet_lite*`: the official TF weights
@@ -52,12 +60,28 @@ TORCH_FILES = ('.pth', '.pt', '.bin', '.ckpt', '.tar')
 NESTED_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
 
 
+CONV_BN_ACT_MODULES = dict(project_conv='conv', project_bn='bn1')
+EDGE_RESIDUAL_MODULES = dict(expand_conv='conv_exp', expand_bn='bn1',
+                             se_reduce='se.conv_reduce',
+                             se_expand='se.conv_expand',
+                             project_conv='conv_pwl', project_bn='bn2')
+
+
+def block_modules(block: arch.BlockSpec) -> dict[str, str]:
+  """Our role -> timm module name inside one of timm's blocks."""
+  if block.block_type == 'mbconv':
+    return SEPARABLE_MODULES if block.expand_ratio == 1 else INVERTED_MODULES
+  if block.block_type == 'fused_mbconv' and block.expand_ratio == 1:
+    return CONV_BN_ACT_MODULES
+  return EDGE_RESIDUAL_MODULES
+
+
 def module_name(layer: placement.Layer) -> str:
   """The timm module path of one of our layers."""
   if layer.block is None:
     return OUTER_MODULES[layer.role]
   block = layer.block
-  names = SEPARABLE_MODULES if block.expand_ratio == 1 else INVERTED_MODULES
+  names = block_modules(block)
   # timm's blocks.<stage>.<index> is 0-based where our stages count from 1.
   return f'blocks.{block.stage - 1}.{block.index}.{names[layer.role]}'
 
