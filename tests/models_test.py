@@ -105,17 +105,28 @@ class SizeTest(parameterized.TestCase):
         functools.partial(model.apply, train=False), variables, images)
     self.assertEqual((logits.shape, logits.dtype), ((2, 1000), jnp.float32))
 
-  def test_endpoints_at_strides_2_to_32(self):
-    model = models.EfficientNet(arch.spec_for('b0'), include_top=False)
+  # The last block's width at each stride and the head's, per family
+  # (docs/reference.md §1.1 B0/Lite0 table; §10 V2-B0, V2-S, EdgeTPU-S tables).
+  @parameterized.named_parameters(
+      ('b0', 'b0', (16, 24, 40, 112, 320, 1280)),
+      ('lite0', 'lite0', (16, 24, 40, 112, 320, 1280)),
+      ('edgetpu_s', 'edgetpu-s', (24, 32, 48, 144, 192, 1280)),
+      ('v2_b0', 'v2-b0', (16, 32, 48, 112, 192, 1280)),
+      ('v2_s', 'v2-s', (24, 48, 64, 160, 256, 1280)),
+  )
+  def test_endpoints_at_strides_2_to_32(self, variant, channels):
+    model = models.EfficientNet(arch.spec_for(variant), include_top=False)
     variables = models.abstract_variables(model)
     images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     endpoints = jax.eval_shape(
         functools.partial(model.apply, train=False), variables, images)
     shapes = {name: value.shape for name, value in endpoints.items()}
+    names = ('stride_2', 'stride_4', 'stride_8', 'stride_16', 'stride_32',
+             'features')
+    sizes = (112, 56, 28, 14, 7, 7)
     self.assertEqual(shapes, {
-        'stride_2': (1, 112, 112, 16), 'stride_4': (1, 56, 56, 24),
-        'stride_8': (1, 28, 28, 40), 'stride_16': (1, 14, 14, 112),
-        'stride_32': (1, 7, 7, 320), 'features': (1, 7, 7, 1280)})
+        name: (1, size, size, width)
+        for name, size, width in zip(names, sizes, channels)})
     self.assertNotIn('classifier', variables['params'])
 
 
