@@ -132,7 +132,12 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: str) -> None:
       continue
     axes[2].plot([row['gmacs'] for row in members],
                  [row['params'] / 1e6 for row in members], 'o-', color=color,
-                 label=family)
+                 label=f'{family}: ours')
+    published = [row for row in members if row['paper_gmacs'] is not None]
+    axes[2].plot([row['paper_gmacs'] for row in published],
+                 [row['paper_params'] / 1e6 for row in published], 'x',
+                 color=color, markersize=6,
+                 label=f'{family}: published' if published else None)
     for row in members:
       axes[2].annotate(row['variant'], (row['gmacs'], row['params'] / 1e6),
                        textcoords='offset points', xytext=(4, -10),
