@@ -195,6 +195,40 @@ def _residual(module: nn.Module, x: jax.Array, inputs: jax.Array, *,
   return x + inputs
 
 
+def _fused_block(module: nn.Module, x: jax.Array, *, expand_stride: int,
+                 project_kernel: int, project_stride: int, project_act: bool,
+                 train: bool) -> jax.Array:
+  """The body both fused blocks share, as submodules of `module`.
+
+  With expansion: a k x k conv at `expand_stride` to mid_filters, BN, act,
+  [SE]; then (always) a project_kernel conv at `project_stride` to
+  out_filters, BN, act when `project_act`; then the residual.
+  """
+  spec = module.spec
+  inputs = x
+
+  def conv(y, filters, kernel, stride, name):
+    if (kernel, stride) == (1, 1):  # Nothing to pad.
+      return module.conv(filters, (1, 1), name=name)(y)
+    pads = layers.spatial_padding(y.shape, kernel, stride, module.padding)
+    return module.conv(filters, (kernel, kernel), strides=(stride,) * 2,
+                       padding=pads, name=name)(y)
+
+  if spec.expand_ratio != 1:
+    x = conv(x, spec.mid_filters, spec.kernel_size, expand_stride,
+             'expand_conv')
+    x = module.act(module.norm(name='expand_bn')(x, train=train))
+    if spec.se_filters:
+      x = SqueezeExcite(spec.se_filters, module.act, module.dtype,
+                        name='se')(x)
+  x = conv(x, spec.out_filters, project_kernel, project_stride,
+           'project_conv')
+  x = module.norm(name='project_bn')(x, train=train)
+  if project_act:
+    x = module.act(x)
+  return _residual(module, x, inputs, train=train)
+
+
 class FusedMBConv(nn.Module):
   """Fused-MBConv (Tan & Le, 2021, Fig. 2; V2-MODEL FusedMBConvBlock).
 
@@ -213,22 +247,13 @@ class FusedMBConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     spec = self.spec
-    inputs = x
-    k = spec.kernel_size
-    pads = layers.spatial_padding(x.shape, k, spec.stride, self.padding)
     if spec.expand_ratio == 1:
-      x = self.conv(spec.out_filters, (k, k), strides=(spec.stride,) * 2,
-                    padding=pads, name='project_conv')(x)
-      x = self.act(self.norm(name='project_bn')(x, train=train))
-      return _residual(self, x, inputs, train=train)
-    x = self.conv(spec.mid_filters, (k, k), strides=(spec.stride,) * 2,
-                  padding=pads, name='expand_conv')(x)
-    x = self.act(self.norm(name='expand_bn')(x, train=train))
-    if spec.se_filters:
-      x = SqueezeExcite(spec.se_filters, self.act, self.dtype, name='se')(x)
-    x = self.conv(spec.out_filters, (1, 1), name='project_conv')(x)
-    x = self.norm(name='project_bn')(x, train=train)
-    return _residual(self, x, inputs, train=train)
+      return _fused_block(self, x, expand_stride=1,
+                          project_kernel=spec.kernel_size,
+                          project_stride=spec.stride, project_act=True,
+                          train=train)
+    return _fused_block(self, x, expand_stride=spec.stride, project_kernel=1,
+                        project_stride=1, project_act=False, train=train)
 
 
 class FusedExpand(nn.Module):
@@ -245,19 +270,9 @@ class FusedExpand(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    spec = self.spec
-    inputs = x
-    k = spec.kernel_size
-    if spec.expand_ratio != 1:
-      pads = layers.spatial_padding(x.shape, k, 1, self.padding)
-      x = self.conv(spec.mid_filters, (k, k), padding=pads,
-                    name='expand_conv')(x)
-      x = self.act(self.norm(name='expand_bn')(x, train=train))
-    pads = layers.spatial_padding(x.shape, 1, spec.stride, self.padding)
-    x = self.conv(spec.out_filters, (1, 1), strides=(spec.stride,) * 2,
-                  padding=pads, name='project_conv')(x)
-    x = self.norm(name='project_bn')(x, train=train)
-    return _residual(self, x, inputs, train=train)
+    return _fused_block(self, x, expand_stride=1, project_kernel=1,
+                        project_stride=self.spec.stride, project_act=False,
+                        train=train)
 
 
 BLOCK_MODULES = {'mbconv': MBConv, 'fused_mbconv': FusedMBConv,
