@@ -56,6 +56,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.randaugment_magnitude = 10
   config.crop_padding = 32  # TPU-PRE eval crop, as for ImageNet.
   config.shuffle_buffer_size = 16 * 1024
+  # None: train at the model's resolution (V2 trains below its eval size).
+  config.train_image_size = ml_collections.FieldReference(None, field_type=int)
+  config.train_crop_min_area = 0.08  # TPU-PRE Inception crop area [0.08, 1].
+  config.eval_center_crop = True  # TPU-PRE; False resizes the whole image.
+  config.mixup_alpha = 0.0  # Mixup and CutMix off (mixing.py).
+  config.cutmix_alpha = 0.0
+  # One stage: no progressive learning (configs/imagenet_v2.py has it).
+  config.progressive = common.progressive_config()
 
   config.batch_size = 512
   config.eval_batch_size = 512
@@ -73,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rmsprop_momentum = 0.9
   config.rmsprop_epsilon = 1e-3
   config.weight_decay = 1e-5  # TPU-MAIN.
+  config.weight_decay_biases = True  # TPU-MAIN decays SE/classifier biases.
   config.label_smoothing = 0.1  # TPU-MAIN.
   # Ours: ~3 epochs of CIFAR at batch 512, a shorter run than ImageNet's.
   config.ema_decay = 0.999

@@ -53,6 +53,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.crop_padding = 32  # TPU-PRE CROP_PADDING (docs/reference.md §6.2).
   # Ours: enough to mix examples across ImageNet's 1024 training shards.
   config.shuffle_buffer_size = 16 * 1024
+  # None: train at the model's resolution (V2 trains below its eval size).
+  config.train_image_size = ml_collections.FieldReference(None, field_type=int)
+  config.train_crop_min_area = 0.08  # TPU-PRE Inception crop area [0.08, 1].
+  config.eval_center_crop = True  # TPU-PRE; False resizes the whole image.
+  config.mixup_alpha = 0.0  # Mixup and CutMix off (mixing.py).
+  config.cutmix_alpha = 0.0
+  # One stage: no progressive learning (configs/imagenet_v2.py has it).
+  config.progressive = common.progressive_config()
 
   # Global batch 4096 for every published model (docs/reference.md §5.1, issue 546).
   config.batch_size = 4096
@@ -70,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rmsprop_momentum = 0.9  # TPU-UTILS build_optimizer.
   config.rmsprop_epsilon = 1e-3  # TPU-UTILS build_optimizer (inside sqrt).
   config.weight_decay = 1e-5  # TPU-MAIN, coupled L2 on non-BN tensors.
+  config.weight_decay_biases = True  # TPU-MAIN decays SE/classifier biases.
   config.label_smoothing = 0.1  # TPU-MAIN.
   config.ema_decay = 0.9999  # TPU-MAIN moving_average_decay.
   # A train.py workdir or converter output to start from (fine-tuning).
