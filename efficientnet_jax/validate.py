@@ -303,7 +303,7 @@ def check_progressive(config: Mapping[str, Any], spec: arch.ArchSpec) -> None:
         f'{"epoch" if config["num_train_steps"] is None else "step"}.')
   train_size = config['train_image_size'] or spec.resolution
   maxima = dict(
-      min_image_size=(MIN_RESOLUTION, train_size, 'config.train_image_size'),
+      min_image_size=(MIN_RESOLUTION, train_size, 'the train image size'),
       min_randaugment_magnitude=(0, config['randaugment_magnitude'],
                                  'config.randaugment_magnitude'),
       min_mixup_alpha=(0, config['mixup_alpha'], 'config.mixup_alpha'),
@@ -316,7 +316,7 @@ def check_progressive(config: Mapping[str, Any], spec: arch.ArchSpec) -> None:
     if allowed is not None:
       raise errors.ConfigError(
           f'config.progressive.{name}={section[name]!r} is not allowed: use '
-          f'{allowed} (the stages rise to {source}={high!r}).')
+          f'{allowed} (the stages rise to {source}, {high!r}).')
 
 
 def check_model_section(model: Mapping[str, Any], *,

@@ -5,13 +5,17 @@ tests/train_eval_test.py runs train.py and eval.py as processes.
 """
 
 import dataclasses
+import os
+import signal
 
 import jax
 import numpy as np
 import pytest
 
+from configs import common
 from efficientnet_jax import checkpoints
 from efficientnet_jax import errors
+from efficientnet_jax import eval_lib
 from efficientnet_jax import models
 from efficientnet_jax import train_lib
 from tests import fake_pipeline
@@ -118,3 +122,73 @@ def test_several_processes_without_a_preemption_service_are_refused(
   with pytest.raises(errors.ConfigError, match='no jax.distributed client'):
     with train_lib.sigterm_flag():
       pass
+
+
+class Interrupted:
+  """The fake pipeline, interrupted while fetching the batch of step `at`:
+  SIGTERM to this process (the loop saves after that step), or a crash
+  (the process dies with only the checkpoints already written, as on
+  SIGKILL)."""
+
+  def __init__(self, at=None, how='sigterm'):
+    self.at, self.how = at, how
+    self.dataset_info = fake_pipeline.dataset_info
+    self.create_eval_iter = fake_pipeline.create_eval_iter
+    self.sizes = []
+
+  def create_train_iter(self, config, *, start_step=0, **kwargs):
+    self.sizes.append((start_step, kwargs['resolution']))
+    for step, batch in enumerate(
+        fake_pipeline.create_train_iter(config, start_step=start_step,
+                                        **kwargs), start=start_step):
+      if step == self.at:
+        if self.how == 'sigterm':
+          os.kill(os.getpid(), signal.SIGTERM)
+        else:
+          raise KeyboardInterrupt('killed')
+      yield batch
+
+
+def staged_config():
+  """Two stages of 3 steps (32 then 40 px; dropout 0.1 -> 0.2, mixup and
+  CutMix 0 -> 0.4), checkpoints every 2 steps."""
+  config = tiny.tiny_config(num_train_steps=6, checkpoint_every_steps=2,
+                            log_every_steps=1, eval_every_epochs=100.0,
+                            train_image_size=40, mixup_alpha=0.4,
+                            cutmix_alpha=0.4)
+  config.progressive = common.progressive_config(
+      2, 'paper', min_image_size=32, min_mixup_alpha=0.0,
+      min_cutmix_alpha=0.0, min_dropout_rate=0.1)
+  return config
+
+
+def test_staged_run_resumed_after_kill_and_sigterm_equals_a_straight_run(
+    tmp_path):
+  config = staged_config()
+  straight_data = Interrupted()
+  straight = train_lib.train_and_evaluate(config, str(tmp_path / 'straight'),
+                                          data=straight_data)
+  # One pipeline per stage, each at its size, started at its first step.
+  assert straight_data.sizes == [(0, 32), (3, 40)]
+  workdir = str(tmp_path / 'resumed')
+  with pytest.raises(KeyboardInterrupt):  # Killed in stage 1, saved at 2.
+    train_lib.train_and_evaluate(config, workdir,
+                                 data=Interrupted(at=2, how='kill'))
+  assert checkpoints.latest_step(workdir) == 2
+  # Resumes mid stage 1, crosses into stage 2, SIGTERM after step 5.
+  resumed_data = Interrupted(at=4)
+  result = train_lib.train_and_evaluate(config, workdir, data=resumed_data)
+  assert result['preempted'] and checkpoints.latest_step(workdir) == 5
+  assert resumed_data.sizes == [(2, 32), (3, 40)]
+  final_data = Interrupted()  # Resumes mid stage 2.
+  final = train_lib.train_and_evaluate(config, workdir, data=final_data)
+  assert final_data.sizes == [(5, 40)] and final['step'] == 6
+  a, _ = checkpoints.restore_raw(str(tmp_path / 'straight'), keys=None)
+  b, _ = checkpoints.restore_raw(workdir, keys=None)
+  for key in ('params', 'ema_params', 'batch_stats', 'opt_state'):
+    for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key])):
+      np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=key)
+  assert final['eval_ema/top1'] == straight['eval_ema/top1']
+  # The staged checkpoint evaluates as eval.py scores it, at the eval size.
+  scored = eval_lib.evaluate_checkpoint(config, workdir, data=fake_pipeline)
+  assert scored['top1'] == pytest.approx(final['eval_ema/top1'])
