@@ -19,7 +19,7 @@ label smoothing, EMA) with a shorter, smaller-batch schedule that is our
 choice (the V1 paper's transfer hyperparameters were not available to us).
 
 V2 variants: google/automl efficientnetv2 `ImagenetFt` (datasets.py:730-760,
-docs/reference.md §10.4), which its CIFAR/Flowers/Cars fine-tunes use: batch
+docs/reference.md §10.7), which its CIFAR/Flowers/Cars fine-tunes use: batch
 512, 15 epochs, a constant 0.0005 per 256 images after 1 warm-up epoch, EMA
 0.9996, weight decay 1e-5 off BN and biases, label smoothing 0.1, training
 at the eval size, no progressive learning. Not followed: its 10,000-step

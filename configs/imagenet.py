@@ -30,8 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   'edgetpu-s'.., 'v2-b0'..'v2-xl', 'phi=x'.
 
   EdgeTPU and V2 presets train with this (V1) recipe at their eval
-  resolution; V2's progressive resizing and per-variant RandAugment/mixup
-  (docs/reference.md §10.3) are not part of it.
+  resolution; V2's progressive learning and per-variant RandAugment/mixup
+  are configs/imagenet_v2.py (docs/reference.md §10.7).
   """
   config = ml_collections.ConfigDict()
   config.seed = 0

@@ -9,7 +9,7 @@ add ',paper' for the paper's Table 6 instead of the official code):
       --workdir=runs/v2-s-paper --config.data_dir=/data/tfds
 
 Targets (ImageNet-1k top-1 at the eval size; google/automl efficientnetv2
-README, docs/reference.md §10.4): v2-b0 78.7, v2-b1 79.8, v2-b2 80.5, v2-b3
+README, docs/reference.md §10.7): v2-b0 78.7, v2-b1 79.8, v2-b2 80.5, v2-b3
 82.1, v2-s 83.9, v2-m 85.2, v2-l 85.7; v2-xl was only published pretrained on
 ImageNet-21k (87.3), so no 1k-only target. The paper reading targets the
 paper's Table 7 (S 83.9, M 85.1, L 85.7). Published runs: 350 epochs at global

@@ -50,7 +50,7 @@ def random_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
     resolution: final side, for the centre-crop fallback.
     crop_padding: the centre crop's padding (docs/reference.md §6.2).
     min_area: the smallest share of the image a crop covers (TPU-PRE 0.08;
-      google/automl efficientnetv2 0.05, docs/reference.md §10.4).
+      google/automl efficientnetv2 0.05, docs/reference.md §10.7).
 
   Returns:
     int32 [4] crop window.

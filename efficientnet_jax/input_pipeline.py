@@ -216,7 +216,7 @@ def preprocess_eval(image_bytes: tf.Tensor, *, resolution: int,
   """TPU-PRE preprocess_for_eval: centre crop, resize; float32 [0, ~255].
 
   center_crop=False resizes the whole image (google/automl efficientnetv2
-  at 320 px and above, docs/reference.md §10.4).
+  at 320 px and above, docs/reference.md §10.7).
   """
   if center_crop:
     window_fn = functools.partial(augment.center_crop_window,

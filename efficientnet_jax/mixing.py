@@ -1,6 +1,6 @@
 """Mixup and CutMix on device, on a normalised float batch (pure JAX).
 
-As google/automl efficientnetv2 datasets.py mixes (docs/reference.md §10.4):
+As google/automl efficientnetv2 datasets.py mixes (docs/reference.md §10.7):
 
 - mixup (Zhang et al. 2018): example j becomes w_j * x_j + (1 - w_j) * x_p(j),
   w_j ~ Beta(alpha, alpha) raised to max(w_j, 1 - w_j), so an example keeps at

@@ -91,7 +91,7 @@ def weight_decay_mask(params: Any, *, decay_biases: bool = True) -> Any:
   SE kernels and biases, the classifier kernel and bias. BN scale and bias are
   the only exclusions (docs/reference.md §5.4). google/automl efficientnetv2
   main.py also skips every name matching 'bias' (decay_biases=False): SE and
-  classifier biases too (docs/reference.md §10.4).
+  classifier biases too (docs/reference.md §10.7).
   """
   return jax.tree_util.tree_map_with_path(
       lambda path, _: not is_batch_norm(path) and (

@@ -4,7 +4,7 @@ Training is cut into `num_stages` equal runs of steps. Each stage trains at
 its own image size, RandAugment magnitude, mixup and CutMix alpha and head
 dropout, all rising from a minimum to the run's own (maximum) setting; the
 optimizer, EMA and learning-rate schedule run on across the stages unchanged.
-Two readings of how the settings rise (docs/reference.md §10.4):
+Two readings of how the settings rise (docs/reference.md §10.7):
 
 - 'code', google/automl efficientnetv2 main.py: stage i of N (0-based) trains
   at int(min + (max - min) * (i + 1) / N), so the minimum size itself is never

@@ -79,7 +79,7 @@ def test_imagenet_recipe_is_the_reference():
 
 def test_v2_recipe_is_the_official_code_and_the_paper():
   s = imagenet_v2.get_config('v2-s')
-  # google/automl effnetv2_configs.py / hparams.py (docs/reference.md §10.4).
+  # google/automl effnetv2_configs.py / hparams.py (docs/reference.md §10.7).
   assert (s.train_image_size, arch.resolve(s.model).resolution) == (300, 384)
   assert (s.model.dropout_rate, s.randaugment_magnitude, s.mixup_alpha) == (
       0.2, 10.0, 0.0)
@@ -137,7 +137,7 @@ def test_finetune_takes_any_dataset_and_the_v2_setting():
   assert (config.dataset, config.train_split, config.eval_split) == (
       'mnist', 'train', 'test')
   v2 = finetune.get_config('v2-s,cifar10')
-  # google/automl ImagenetFt (docs/reference.md §10.4).
+  # google/automl ImagenetFt (docs/reference.md §10.7).
   assert (v2.batch_size, v2.num_epochs, v2.learning_rate, v2.lr_decay_factor,
           v2.warmup_epochs, v2.ema_decay) == (512, 15.0, 0.0005, 1.0, 1.0,
                                               0.9996)
