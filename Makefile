@@ -25,11 +25,11 @@ demo: $(STAMP)
 # A small compound-coefficient search and a Figure 8 study on the offline
 # digits (README, "Scaling"); the plots and tables land in docs/.
 SCALING_WORKDIR ?= runs/scaling-demo
-SCALING_FLAGS := --config=configs/scaling.py:b0 --config.num_train_steps=120 \
+SCALING_FLAGS := --config=configs/scaling.py:b0 --config.num_train_steps=450 \
 	--config.num_seeds=2
 scaling-demo: $(STAMP)
 	$(PY) -m efficientnet_jax.scaling search $(SCALING_FLAGS) \
-	  --config.search.step=0.4 --config.search.tolerance=0.1 \
+	  --config.search.step=0.5 --config.search.tolerance=0.15 \
 	  --workdir=$(SCALING_WORKDIR)/search
 	$(PY) -m efficientnet_jax.scaling study $(SCALING_FLAGS) \
 	  --config.num_seeds=1 --config.study.mac_targets='(2.0,)' \

@@ -7,7 +7,10 @@ tests/fake_pipeline.py, through the same runs.train the commands use.
 
 import json
 import os
+import sys
 
+from absl import flags
+from ml_collections import config_flags
 import pytest
 
 from configs import imagenet
@@ -15,6 +18,7 @@ from configs import scaling
 from efficientnet_jax import arch
 from efficientnet_jax import errors
 from efficientnet_jax import train_lib
+from efficientnet_jax import validate
 from efficientnet_jax.scaling import __main__ as scaling_main
 from efficientnet_jax.scaling import grid
 from efficientnet_jax.scaling import plan as plan_lib
@@ -250,3 +254,45 @@ def test_directory_planned_otherwise_is_refused(tmp_path):
   longer = runs_lib.Prepared(item.run, item.config, item.directory, 4)
   with pytest.raises(errors.ConfigError, match='needs a new --workdir'):
     runs_lib.claim(longer)
+
+
+def parse_train_flags(argv):
+  """train.py's --config flag (locked, as there) parsed from `argv`
+  (config_flags finds the overrides in sys.argv)."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'recipe',
+                                  flag_values=flag_values, lock_config=True)
+  argv = ['train.py', *argv]
+  saved, sys.argv = sys.argv, argv
+  try:
+    flag_values(argv)
+  finally:
+    sys.argv = saved
+  return flag_values.config
+
+
+def test_best_line_and_printed_command_parse_as_train_py_flags():
+  row = dict(coefficients=[1.2, 1.1, 1.15], resolution=36)
+  line = report_lib.ready_line(
+      row, plan_lib.recipe_config(demo_config()).model)
+  assert line == ('--config.model.phi=1.0 --config.model.alpha=1.2 '
+                  '--config.model.beta=1.1 --config.model.gamma=1.15 '
+                  '--config.model.resolution=36')
+  config = parse_train_flags(['--config=configs/demo.py:b0', *line.split()])
+  validate.check_config(config)
+  spec = arch.resolve(config.model)
+  assert (spec.width_coefficient, spec.depth_coefficient,
+          spec.resolution) == (1.1, 1.2, 36)
+  # Without the rule's phi, coefficients other than the defaults are refused.
+  with pytest.raises(ValueError, match='apply only with model.phi'):
+    arch.resolve(parse_train_flags(['--config=configs/demo.py:b0',
+                                    '--config.model.alpha=1.4']).model)
+  scaling_config = demo_config(**{'search.step': 0.5,
+                                  'search.tolerance': 0.15})
+  for run in plan_lib.search_plan(scaling_config, 10):
+    item = runs_lib.Prepared(run, runs_lib.run_config(scaling_config, run),
+                             'W', 561)
+    argv = runs_lib.command(scaling_config, item).split()[2:]
+    parsed = parse_train_flags([a for a in argv
+                                if not a.startswith('--workdir')])
+    assert parsed.to_dict() == item.config.to_dict()
