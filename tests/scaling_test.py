@@ -296,3 +296,42 @@ def test_best_line_and_printed_command_parse_as_train_py_flags():
     parsed = parse_train_flags([a for a in argv
                                 if not a.startswith('--workdir')])
     assert parsed.to_dict() == item.config.to_dict()
+
+
+def record(label, strategy, seed, top1, macs, factor=1.0,
+           coefficients=(1.2, 1.1, 1.15)):
+  return dict(name=f'{label}/seed{seed}', kind='x', label=label,
+              strategy=strategy, seed=seed, factor=factor,
+              coefficients=list(coefficients), width=1.0, depth=1.0,
+              resolution=32, macs=macs, steps=10, overrides={},
+              metrics={'eval/top1': top1})
+
+
+def test_table_mean_std_and_plots(tmp_path):
+  from efficientnet_jax.scaling import plots  # pylint: disable=g-import-not-at-top
+  records = [record('a', 'search', 0, 0.90, 2e7),
+             record('a', 'search', 1, 0.94, 2e7),
+             record('b', 'search', 0, 0.97, 2e7)]
+  rows = report_lib.aggregate(records, 'eval/top1', planned_seeds=2)
+  by_label = {row['label']: row for row in rows}
+  assert by_label['a']['mean'] == pytest.approx(0.92)
+  assert by_label['a']['std'] == pytest.approx(0.02 * 2**0.5)  # Sample std.
+  # b has one of two seeds: it ranks in progress, not as the result.
+  assert report_lib.best(rows)['label'] == 'a'
+  assert report_lib.best(rows, complete=False)['label'] == 'b'
+  table = report_lib.markdown(rows, 'eval/top1')
+  assert '| 92.00 ± 2.83 |' in table and '(1 of 2 seeds)' in table
+  plots.plot_search(rows, str(tmp_path / 'search.png'), 'eval/top1')
+  study = report_lib.aggregate(
+      [record('base', 'base', 0, 0.8, 1e7)] +
+      [record(f'{s}_2x', s, 0, 0.85, 2e7, 1.5) for s in grid.STRATEGIES],
+      'eval/top1', 1)
+  plots.plot_study(study, str(tmp_path / 'study.png'), 'eval/top1')
+  sweep = report_lib.aggregate(
+      [record(f'phi{p}', 'sweep', 0, 0.8 + p / 100, 1e7 * 2**p, p)
+       for p in range(3)], 'eval/top1', 1)
+  for row in sweep:
+    row['params'] = 4e6
+  plots.plot_sweep(sweep, str(tmp_path / 'sweep.png'), 'eval/top1')
+  for name in ('search', 'study', 'sweep'):
+    assert (tmp_path / f'{name}.png').stat().st_size > 10_000

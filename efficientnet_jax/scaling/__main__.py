@@ -61,7 +61,7 @@ def make_plan(kind: str, config: Any, classes: int) -> list[plan_lib.Run]:
 def best_so_far(prepared: Sequence[runs_lib.Prepared], config: Any) -> str:
   rows = report_lib.aggregate(report_lib.collect(prepared, config.metric),
                               config.metric, config.num_seeds)
-  top = report_lib.best(rows)
+  top = report_lib.best(rows, complete=False)
   if top is None:
     return 'none finished yet'
   return f'{top["label"]} {report_lib.format_percent(top)} %'

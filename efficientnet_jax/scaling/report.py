@@ -62,10 +62,12 @@ def aggregate(records: Sequence[Mapping[str, Any]], metric: str,
   return list(rows.values())
 
 
-def best(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-  """The row of highest mean among those with every planned seed."""
-  complete = [row for row in rows if row['seeds'] == row['planned_seeds']]
-  return max(complete, key=lambda row: row['mean'], default=None)
+def best(rows: Sequence[Mapping[str, Any]], *,
+         complete: bool = True) -> Mapping[str, Any] | None:
+  """The row of highest mean (among those with every planned seed)."""
+  candidates = [row for row in rows
+                if row['seeds'] == row['planned_seeds'] or not complete]
+  return max(candidates, key=lambda row: row['mean'], default=None)
 
 
 def ready_line(row: Mapping[str, Any],
