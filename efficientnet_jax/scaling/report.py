@@ -98,8 +98,8 @@ def format_percent(row: Mapping[str, Any]) -> str:
 def markdown(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
   """The table: one row per network, by strategy then MACs."""
   lines = [f'| network | strategy | alpha, beta, gamma / phi | width | depth '
-           f'| resolution | MMACs | {metric} (%) |',
-           '|---|---|---|---|---|---|---|---|']
+           f'| resolution | MMACs | M params | {metric} (%) |',
+           '|---|---|---|---|---|---|---|---|---|']
   for row in sorted(rows, key=lambda r: (r['strategy'], r['macs'],
                                          r['label'])):
     if row['coefficients'] is not None and row['strategy'] == 'search':
@@ -108,10 +108,11 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
       scaling = f'phi {row["factor"]:.3g}'
     else:
       scaling = f'x{row["factor"]:.3g}'
+    params = f'{row["params"] / 1e6:.2f}' if 'params' in row else '-'
     lines.append(
         f'| {row["label"]} | {row["strategy"]} | {scaling} | '
         f'{row["width"]:.3g} | {row["depth"]:.3g} | {row["resolution"]} | '
-        f'{row["macs"] / 1e6:.1f} | {format_percent(row)} |')
+        f'{row["macs"] / 1e6:.1f} | {params} | {format_percent(row)} |')
   return '\n'.join(lines) + '\n'
 
 
