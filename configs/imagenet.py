@@ -16,9 +16,13 @@ number below is the TPU reference's unless the comment says otherwise.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from configs import common
+from configs import scaling
+from efficientnet_jax.scaling import plan
 
 # TPU-README / TPU-MAIN randaugment_magnitude per variant (docs/reference.md §5.9);
 # the flag default 10 elsewhere.
@@ -94,5 +98,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sweep() -> list[dict[str, float]]:
-  """The compound-scaling rule at phi = 0..3 (resolution follows gamma**phi)."""
-  return [{'model.phi': float(phi)} for phi in (0, 1, 2, 3)]
+  """The compound-scaling rule at phi = 0..3 (resolution follows gamma**phi).
+
+  The overrides of `python -m efficientnet_jax.scaling sweep
+  --config=configs/scaling.py:b0 --config.recipe=configs/imagenet.py`, one
+  dict per phi (its seed-0 runs), which also trains and plots them.
+  """
+  config = scaling.get_config('b0')
+  config.recipe = os.path.join(os.path.dirname(__file__), 'imagenet.py')
+  return [{key: value for key, value in run.overrides if key != 'seed'}
+          for run in plan.sweep_plan(config, num_classes=1000)
+          if run.seed == 0]
