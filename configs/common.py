@@ -19,7 +19,8 @@ def model_config(arg: str | None) -> ml_collections.ConfigDict:
   `--config.model.phi=2.5` switches from the published table to the rule.
   """
   fields = arch.parse_variant(arg or 'b0')
-  typed_none = dict(phi=float, dropout_rate=float, resolution=int)
+  typed_none = dict(phi=float, dropout_rate=float, resolution=int,
+                    blocks=tuple)
   section = ml_collections.ConfigDict()
   for name, value in fields.items():
     if name in typed_none:

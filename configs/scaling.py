@@ -26,6 +26,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The scaling tool's config; `arg` is the base variant (default b0)."""
   config = ml_collections.ConfigDict()
   config.base = arg or 'b0'
+  # A stage table of one's own (block strings, docs/reference.md §10), built
+  # with the base's family rules (stem, head, rounding); None: the base's.
+  # E.g. --config.base_blocks="('r1_k3_s11_e1_i32_o16_se0.25', ...)".
+  config.base_blocks = ml_collections.FieldReference(None, field_type=tuple)
   # The training recipe: configs/demo.py (offline, digits at 32 px),
   # configs/imagenet.py, configs/finetune.py, ...
   config.recipe = 'configs/demo.py'

@@ -376,8 +376,9 @@ def check_network_size(model: Mapping[str, Any], *,
   if model['resolution'] is not None:
     resolution = model['resolution']
     how += f', resolution={resolution}'
+  block_strings = check_block_strings(model, prefix=prefix)
   blocks = (math.inf if not math.isfinite(depth) else
-            num_blocks(preset.family, depth))
+            num_blocks(preset.family, block_strings, depth))
   if blocks > MAX_BLOCKS or not math.isfinite(width) or not math.isfinite(
       resolution):
     raise errors.ConfigError(
@@ -401,12 +402,32 @@ def check_network_size(model: Mapping[str, Any], *,
   return spec
 
 
-def num_blocks(family: str, depth: float) -> int:
+def check_block_strings(model: Mapping[str, Any], *,
+                        prefix: str = 'config.model') -> tuple[str, ...]:
+  """The section's stage table, each block string decoded once to refuse a
+  malformed one by name."""
+  block_strings = arch.base_block_strings(model)
+  for block_string in block_strings:
+    try:
+      arch.decode_block_string(block_string)
+    except ValueError as error:
+      raise errors.ConfigError(
+          f'{prefix}.blocks: {block_string!r} is not a block string ({error}); '
+          "write e.g. 'r1_k3_s11_e1_i32_o16_se0.25' (docs/reference.md "
+          '§10).') from None
+  if not block_strings:
+    raise errors.ConfigError(f'{prefix}.blocks is empty: give at least one '
+                             'block string, or None for the variant\'s.')
+  return block_strings
+
+
+def num_blocks(family: str, block_strings: tuple[str, ...],
+               depth: float) -> int:
   """Blocks of a network of that depth coefficient, without building them."""
   blocks = 0
-  for index, block_string in enumerate(arch.B0_BLOCKS):
+  for index, block_string in enumerate(block_strings):
     repeats = arch.decode_block_string(block_string).repeats
-    fixed = family == 'lite' and index in (0, len(arch.B0_BLOCKS) - 1)
+    fixed = family == 'lite' and index in (0, len(block_strings) - 1)
     blocks += repeats if fixed else arch.round_repeats(repeats, depth)
   return blocks
 

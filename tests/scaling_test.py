@@ -7,6 +7,7 @@ tests/fake_pipeline.py, through the same runs.train the commands use.
 
 import json
 import os
+import shlex
 import sys
 
 from absl import flags
@@ -296,6 +297,32 @@ def test_best_line_and_printed_command_parse_as_train_py_flags():
     parsed = parse_train_flags([a for a in argv
                                 if not a.startswith('--workdir')])
     assert parsed.to_dict() == item.config.to_dict()
+
+
+def test_own_block_strings_as_base():
+  # Three stages of B0's table, V2's one-digit stride form in the middle.
+  blocks = ('r1_k3_s11_e1_i32_o16_se0.25', 'r2_k3_s2_e6_i16_o24_se0.25',
+            'r2_k5_s22_e6_i24_o40_se0.25')
+  config = demo_config(**{'search.step': 0.5, 'search.tolerance': 0.15,
+                          'base_blocks': blocks})
+  runs = plan_lib.search_plan(config, 10)
+  assert runs
+  for run in runs:
+    item = runs_lib.Prepared(run, runs_lib.run_config(config, run), 'W', 7)
+    spec = arch.resolve(item.config.model)
+    assert len(spec.blocks) == sum(
+        arch.round_repeats(arch.decode_block_string(s).repeats,
+                           run.coefficients.alpha) for s in blocks)
+    assert spec.blocks[-1].out_filters == arch.round_filters(
+        40, run.coefficients.beta)
+    argv = shlex.split(runs_lib.command(config, item))[2:]
+    parsed = parse_train_flags([a for a in argv
+                                if not a.startswith('--workdir')])
+    assert parsed.to_dict() == item.config.to_dict()
+  bad = demo_config(base_blocks=('r1_k3_s11_e1_i32',))
+  with pytest.raises(errors.ConfigError,
+                     match=r"config.model.blocks: 'r1_k3_s11_e1_i32' is not"):
+    plan_lib.search_plan(bad, 10)
 
 
 def record(label, strategy, seed, top1, macs, factor=1.0,

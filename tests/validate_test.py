@@ -174,9 +174,10 @@ def test_network_size_counts_the_published_parameters():
   # parity_test.py: B0 5,288,548 and B7 66,347,960 trainable parameters.
   assert validate.network_size(arch.spec_for('b0'))[0] == 5_288_548
   assert validate.network_size(arch.spec_for('b7'))[0] == 66_347_960
-  assert validate.num_blocks('efficientnet', 3.1) == len(
+  assert validate.num_blocks('efficientnet', arch.B0_BLOCKS, 3.1) == len(
       arch.spec_for('b7').blocks)
-  assert validate.num_blocks('lite', 1.8) == len(arch.spec_for('lite4').blocks)
+  assert validate.num_blocks('lite', arch.LITE_BLOCKS, 1.8) == len(
+      arch.spec_for('lite4').blocks)
 
 
 def test_check_variant_names_the_flag():

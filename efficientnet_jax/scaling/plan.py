@@ -83,6 +83,8 @@ def recipe_config(config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   for name in RECIPE_FIELDS:
     if config[name] is not None:
       recipe[name] = config[name]
+  if config['base_blocks'] is not None:
+    recipe.model.blocks = tuple(config['base_blocks'])
   return recipe
 
 
@@ -103,6 +105,7 @@ def base_resolution(config: Mapping[str, Any],
 
 def check_base(recipe: ml_collections.ConfigDict) -> arch.ArchSpec:
   """The base network; the rule scales from width 1 and depth 1."""
+  validate.check_block_strings(recipe.model)
   variant = recipe.model.variant
   preset = arch.PRESETS[variant]
   if (preset.width_coefficient, preset.depth_coefficient) != (1.0, 1.0):
@@ -139,6 +142,9 @@ def make_run(kind: str, label: str, strategy: str, seed: int,
              recipe: ml_collections.ConfigDict, overrides: Mapping[str, Any],
              num_classes: int, *, coefficients: grid.Coefficients | None,
              factor: float) -> Run:
+  if recipe.model.blocks is not None:
+    # A base of one's own: every run (and its printed command) carries it.
+    overrides = dict(overrides) | {'model.blocks': tuple(recipe.model.blocks)}
   model = dict(recipe.model) | {key.split('.', 1)[1]: value for key, value in
                                 overrides.items()}
   spec = validate.check_model_section(model, prefix='config.model')
