@@ -45,8 +45,8 @@ def make_state(model, learning_rate=0.05, **config_overrides):
 
 
 def fixed_batch(batch_size=8, resolution=32):
+  """A batch as the pipeline hands it over: uint8 [0, 255] images."""
   config = tiny_config()
   return next(fake_pipeline.create_train_iter(
       config, resolution=resolution, resize_method='bicubic',
-      mean_rgb=arch.IMAGENET_MEAN, std_rgb=arch.IMAGENET_STD,
       local_batch_size=batch_size))
