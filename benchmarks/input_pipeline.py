@@ -134,8 +134,8 @@ def host_bytes(jpegs: list[bytes]) -> dict[str, dict]:
   """Per mode: the image bytes of one batch, as 'auto' and as float32."""
   figures = {}
   for mode in MODES:
-    auto = next(iter(build_dataset(jpegs, mode, 'auto')))
-    float32 = next(iter(build_dataset(jpegs, mode, 'float32')))
+    auto = next(build_dataset(jpegs, mode, 'auto').as_numpy_iterator())
+    float32 = next(build_dataset(jpegs, mode, 'float32').as_numpy_iterator())
     per_pixel = auto.dtype.itemsize
     figures[mode] = dict(
         dtype=str(auto.dtype), bytes_per_batch=int(auto.nbytes),
