@@ -19,7 +19,8 @@ def model_config(arg: str | None) -> ml_collections.ConfigDict:
   `--config.model.phi=2.5` switches from the published table to the rule.
   """
   fields = arch.parse_variant(arg or 'b0')
-  typed_none = dict(phi=float, dropout_rate=float, resolution=int)
+  typed_none = dict(phi=float, dropout_rate=float, resolution=int,
+                    blocks=tuple)
   section = ml_collections.ConfigDict()
   for name, value in fields.items():
     if name in typed_none:
@@ -52,4 +53,33 @@ def execution_config(dtype: str = 'float32') -> ml_collections.ConfigDict:
   # at most this many bytes; None: 6 MB on CPU, whole batches elsewhere.
   section.inference_chunk_bytes = ml_collections.FieldReference(
       None, field_type=int)
+  return section
+
+
+def progressive_config(num_stages: int = 1, schedule: str = 'code', *,
+                       min_image_size: int | None = None,
+                       min_randaugment_magnitude: float | None = None,
+                       min_mixup_alpha: float | None = None,
+                       min_cutmix_alpha: float | None = None,
+                       min_dropout_rate: float | None = None
+                       ) -> ml_collections.ConfigDict:
+  """The progressive-learning section (efficientnet_jax/progressive.py).
+
+  Each setting rises over `num_stages` stages from its min_* here to the
+  run's own value (train_image_size, randaugment_magnitude, mixup_alpha,
+  cutmix_alpha, model.dropout_rate); a None minimum keeps that setting
+  constant. One stage trains with the run's own settings throughout.
+  `schedule`: 'code' (google/automl main.py) or 'paper' (Table 6).
+  """
+  section = ml_collections.ConfigDict()
+  section.num_stages = num_stages
+  section.schedule = schedule
+  for name, value, field_type in (
+      ('min_image_size', min_image_size, int),
+      ('min_randaugment_magnitude', min_randaugment_magnitude, float),
+      ('min_mixup_alpha', min_mixup_alpha, float),
+      ('min_cutmix_alpha', min_cutmix_alpha, float),
+      ('min_dropout_rate', min_dropout_rate, float)):
+    section[name] = ml_collections.FieldReference(value,
+                                                  field_type=field_type)
   return section

@@ -41,6 +41,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # TPU-PRE input); 'float32' everywhere. The steps normalise on the device.
   config.host_image_dtype = 'auto'
   config.shuffle_buffer_size = 2048  # The whole training split.
+  # None: train at the model's resolution (V2 trains below its eval size).
+  config.train_image_size = ml_collections.FieldReference(None, field_type=int)
+  config.train_crop_min_area = 0.08  # TPU-PRE Inception crop area [0.08, 1].
+  config.eval_center_crop = True  # TPU-PRE; False resizes the whole image.
+  config.mixup_alpha = 0.0  # Mixup and CutMix off (mixing.py).
+  config.cutmix_alpha = 0.0
+  # One stage: no progressive learning (configs/imagenet_v2.py has it).
+  config.progressive = common.progressive_config()
 
   config.batch_size = 64
   config.eval_batch_size = 72  # 360 test digits = 5 full batches.
@@ -62,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rmsprop_momentum = 0.9
   config.rmsprop_epsilon = 1e-3
   config.weight_decay = 1e-5  # TPU-MAIN.
+  config.weight_decay_biases = True  # TPU-MAIN decays SE/classifier biases.
   config.label_smoothing = 0.1  # TPU-MAIN.
   config.ema_decay = 0.9999  # TPU-MAIN; its warm-up dominates a short run.
   config.init_checkpoint = ml_collections.FieldReference(None, field_type=str)

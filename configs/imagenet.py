@@ -16,9 +16,13 @@ number below is the TPU reference's unless the comment says otherwise.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from configs import common
+from configs import scaling
+from efficientnet_jax.scaling import plan
 
 # TPU-README / TPU-MAIN randaugment_magnitude per variant (docs/reference.md §5.9);
 # the flag default 10 elsewhere.
@@ -30,8 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   'edgetpu-s'.., 'v2-b0'..'v2-xl', 'phi=x'.
 
   EdgeTPU and V2 presets train with this (V1) recipe at their eval
-  resolution; V2's progressive resizing and per-variant RandAugment/mixup
-  (docs/reference.md §10.3) are not part of it.
+  resolution; V2's progressive learning and per-variant RandAugment/mixup
+  are configs/imagenet_v2.py (docs/reference.md §10.7).
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -58,6 +62,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.host_image_dtype = 'auto'
   # Ours: enough to mix examples across ImageNet's 1024 training shards.
   config.shuffle_buffer_size = 16 * 1024
+  # None: train at the model's resolution (V2 trains below its eval size).
+  config.train_image_size = ml_collections.FieldReference(None, field_type=int)
+  config.train_crop_min_area = 0.08  # TPU-PRE Inception crop area [0.08, 1].
+  config.eval_center_crop = True  # TPU-PRE; False resizes the whole image.
+  config.mixup_alpha = 0.0  # Mixup and CutMix off (mixing.py).
+  config.cutmix_alpha = 0.0
+  # One stage: no progressive learning (configs/imagenet_v2.py has it).
+  config.progressive = common.progressive_config()
 
   # Global batch 4096 for every published model (docs/reference.md §5.1, issue 546).
   config.batch_size = 4096
@@ -75,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rmsprop_momentum = 0.9  # TPU-UTILS build_optimizer.
   config.rmsprop_epsilon = 1e-3  # TPU-UTILS build_optimizer (inside sqrt).
   config.weight_decay = 1e-5  # TPU-MAIN, coupled L2 on non-BN tensors.
+  config.weight_decay_biases = True  # TPU-MAIN decays SE/classifier biases.
   config.label_smoothing = 0.1  # TPU-MAIN.
   config.ema_decay = 0.9999  # TPU-MAIN moving_average_decay.
   # A train.py workdir or converter output to start from (fine-tuning).
@@ -90,5 +103,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sweep() -> list[dict[str, float]]:
-  """The compound-scaling rule at phi = 0..3 (resolution follows gamma**phi)."""
-  return [{'model.phi': float(phi)} for phi in (0, 1, 2, 3)]
+  """The compound-scaling rule at phi = 0..3 (resolution follows gamma**phi).
+
+  The overrides of `python -m efficientnet_jax.scaling sweep
+  --config=configs/scaling.py:b0 --config.recipe=configs/imagenet.py`, one
+  dict per phi (its seed-0 runs), which also trains and plots them.
+  """
+  config = scaling.get_config('b0')
+  config.recipe = os.path.join(os.path.dirname(__file__), 'imagenet.py')
+  return [{key: value for key, value in run.overrides if key != 'seed'}
+          for run in plan.sweep_plan(config, num_classes=1000)
+          if run.seed == 0]

@@ -347,6 +347,11 @@ def decode_block_string(block_string: str) -> BlockArgs:
                        f'{token!r}; expected e.g. r1_k3_s11_e1_i32_o16_se0.25.')
     else:
       fields[match.group(1)] = match.group(2)
+  missing = [key for key in ('r', 'k', 's', 'e', 'i', 'o') if key not in fields]
+  if missing:
+    raise ValueError(f'Bad block string {block_string!r}: no '
+                     f'{", ".join(missing)} field; expected e.g. '
+                     'r1_k3_s11_e1_i32_o16_se0.25.')
   strides = fields['s']
   decoder = 'automl' if len(strides) == 1 else 'tpu'
   if len(strides) > 2 or strides[0] != strides[-1]:
@@ -487,7 +492,8 @@ def resolve(model_config: Mapping[str, Any]) -> ArchSpec:
       when `phi` is None, the published row), `phi` (None, or a float that
       switches to the compound-scaling rule), `alpha`, `beta`, `gamma`
       (read only with phi), `depth_divisor`, `drop_path_rate`,
-      `dropout_rate` and `resolution` (None: the variant's own).
+      `dropout_rate`, `resolution` (None: the variant's own) and `blocks`
+      (None: the variant's stage table; see base_block_strings).
 
   Returns:
     The ArchSpec.
@@ -521,7 +527,7 @@ def resolve(model_config: Mapping[str, Any]) -> ArchSpec:
     resolution = int(model_config['resolution'])
   drop_path_rate = float(model_config['drop_path_rate'])
   divisor = int(model_config['depth_divisor'])
-  block_strings = preset.blocks or family.blocks
+  block_strings = base_block_strings(model_config)
   stem_filters = family.stem_filters
   if stem_filters is None:
     stem_filters = decode_block_string(block_strings[0]).in_filters
@@ -555,6 +561,18 @@ def resolve(model_config: Mapping[str, Any]) -> ArchSpec:
       bn_momentum=family.bn_momentum)
 
 
+def base_block_strings(model_config: Mapping[str, Any]) -> tuple[str, ...]:
+  """The unscaled stage table a model section builds: its own `blocks`
+  (block strings, e.g. a base of one's own for the scaling search), else the
+  variant's (a preset's own table, else its family's)."""
+  # Checkpoints recorded before the `blocks` field have none.
+  custom = model_config.get('blocks')
+  if custom is not None:
+    return tuple(str(b) for b in custom)
+  preset = PRESETS[str(model_config['variant']).lower()]
+  return preset.blocks or FAMILY_TABLE[preset.family].blocks
+
+
 def default_model_config(variant: str = 'b0') -> dict[str, Any]:
   """The model section's fields with the reference defaults, as a plain dict."""
   return dict(
@@ -566,6 +584,9 @@ def default_model_config(variant: str = 'b0') -> dict[str, Any]:
       depth_divisor=8,  # TPU-BUILD depth_divisor.
       drop_path_rate=0.2,  # TPU-BUILD survival_prob 0.8.
       dropout_rate=None,  # None: the variant's published (or rule) value.
+      # None: the variant's stage table; a tuple of block strings replaces
+      # it (the family's stem, head, rounding and scaling rules still apply).
+      blocks=None,
       resolution=None)  # None: the variant's; set to train/eval at another.
 
 

@@ -34,7 +34,8 @@ def sub_seed(seed: tf.Tensor, salt: int) -> tf.Tensor:
 
 
 def random_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
-                       *, resolution: int, crop_padding: int) -> tf.Tensor:
+                       *, resolution: int, crop_padding: int,
+                       min_area: float = AREA_RANGE[0]) -> tf.Tensor:
   """[offset_y, offset_x, height, width] of the training crop.
 
   An Inception-style distorted box over the whole image (TPU-PRE: area
@@ -48,6 +49,8 @@ def random_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
     seed: stateless seed.
     resolution: final side, for the centre-crop fallback.
     crop_padding: the centre crop's padding (docs/reference.md §6.2).
+    min_area: the smallest share of the image a crop covers (TPU-PRE 0.08;
+      google/automl efficientnetv2 0.05, docs/reference.md §10.7).
 
   Returns:
     int32 [4] crop window.
@@ -59,7 +62,7 @@ def random_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
       seed=seed,
       min_object_covered=MIN_OBJECT_COVERED,
       aspect_ratio_range=ASPECT_RATIO_RANGE,
-      area_range=AREA_RANGE,
+      area_range=(min_area, AREA_RANGE[1]),
       max_attempts=MAX_ATTEMPTS,
       use_image_if_no_bounding_boxes=True)
   window = tf.stack([begin[0], begin[1], size[0], size[1]])
@@ -89,6 +92,12 @@ def center_crop_window(image_shape: tf.Tensor, *, resolution: int,
   offset_y = (height - side + 1) // 2
   offset_x = (width - side + 1) // 2
   return tf.stack([offset_y, offset_x, side, side])
+
+
+def whole_image_window(image_shape: tf.Tensor) -> tf.Tensor:
+  """[0, 0, height, width]: the whole image, for a resize without a crop."""
+  image_shape = tf.cast(image_shape, tf.int32)
+  return tf.stack([0, 0, image_shape[0], image_shape[1]])
 
 
 def decode_and_crop(image_bytes: tf.Tensor,

@@ -211,7 +211,8 @@ def to_host_dtype(image: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
 def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
                      resolution: int, resize_method: str, augment_name: str,
                      randaugment_num_layers: int, randaugment_magnitude: int,
-                     crop_padding: int, photo_crops: bool = True
+                     crop_padding: int, photo_crops: bool = True,
+                     crop_min_area: float = augment.AREA_RANGE[0]
                      ) -> tf.Tensor:
   """TPU-PRE preprocess_for_train: [res, res, 3] on about [0, 255].
 
@@ -224,7 +225,8 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
   if photo_crops:
     window_fn = functools.partial(
         augment.random_crop_window, seed=augment.sub_seed(seed, 0),
-        resolution=resolution, crop_padding=crop_padding)
+        resolution=resolution, crop_padding=crop_padding,
+        min_area=crop_min_area)
   else:
     window_fn = functools.partial(augment.center_crop_window,
                                   resolution=resolution,
@@ -247,11 +249,19 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
 
 
 def preprocess_eval(image_bytes: tf.Tensor, *, resolution: int,
-                    resize_method: str, crop_padding: int) -> tf.Tensor:
-  """TPU-PRE preprocess_for_eval: centre crop, resize; float32 [0, ~255]."""
-  window_fn = functools.partial(augment.center_crop_window,
-                                resolution=resolution,
-                                crop_padding=crop_padding)
+                    resize_method: str, crop_padding: int,
+                    center_crop: bool = True) -> tf.Tensor:
+  """TPU-PRE preprocess_for_eval: centre crop, resize; float32 [0, ~255].
+
+  center_crop=False resizes the whole image (google/automl efficientnetv2
+  at 320 px and above, docs/reference.md §10.7).
+  """
+  if center_crop:
+    window_fn = functools.partial(augment.center_crop_window,
+                                  resolution=resolution,
+                                  crop_padding=crop_padding)
+  else:
+    window_fn = augment.whole_image_window
   image = augment.decode_and_crop(image_bytes, window_fn)
   return augment.resize(image, resolution, resize_method)
 
@@ -319,7 +329,8 @@ def train_dataset(config, *, resolution: int, resize_method: str,
         randaugment_num_layers=config.randaugment_num_layers,
         randaugment_magnitude=config.randaugment_magnitude,
         crop_padding=config.crop_padding,
-        photo_crops=config.dataset not in CENTRED_DATASETS)
+        photo_crops=config.dataset not in CENTRED_DATASETS,
+        crop_min_area=config.train_crop_min_area)
     return {'image': to_host_dtype(image, image_dtype), 'label': label}
 
   # Epochs are concatenated lazily; the skip drops serialized records only.
@@ -394,7 +405,8 @@ def create_eval_iter(config, *, resolution: int, resize_method: str,
     image_bytes, label = _parse(builder, record)
     image = preprocess_eval(image_bytes, resolution=resolution,
                             resize_method=resize_method,
-                            crop_padding=config.crop_padding)
+                            crop_padding=config.crop_padding,
+                            center_crop=config.eval_center_crop)
     return {'image': to_host_dtype(image, image_dtype), 'label': label,
             'mask': tf.constant(1.0), 'index': index}
 

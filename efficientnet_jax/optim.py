@@ -78,16 +78,24 @@ def is_batch_norm(path: tuple[Any, ...]) -> bool:
              str(key.key).endswith('_bn') for key in path)
 
 
-def weight_decay_mask(params: Any) -> Any:
+def is_bias(path: tuple[Any, ...]) -> bool:
+  """Whether a parameter path ends in a `bias` (conv, SE or classifier)."""
+  return bool(path) and getattr(path[-1], 'key', None) == 'bias'
+
+
+def weight_decay_mask(params: Any, *, decay_biases: bool = True) -> Any:
   """True for the tensors the official recipe decays.
 
-  TPU-MAIN adds weight_decay * l2_loss(v) for every trainable variable whose
-  name lacks 'batch_normalization': all conv and depthwise kernels, the SE
-  kernels and biases, the classifier kernel and bias. BN scale and bias are
-  the only exclusions (docs/reference.md §5.4).
+  TPU-MAIN (V1) adds weight_decay * l2_loss(v) for every trainable variable
+  whose name lacks 'batch_normalization': all conv and depthwise kernels, the
+  SE kernels and biases, the classifier kernel and bias. BN scale and bias are
+  the only exclusions (docs/reference.md §5.4). google/automl efficientnetv2
+  main.py also skips every name matching 'bias' (decay_biases=False): SE and
+  classifier biases too (docs/reference.md §10.7).
   """
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: not is_batch_norm(path), params)
+      lambda path, _: not is_batch_norm(path) and (
+          decay_biases or not is_bias(path)), params)
 
 
 def create_optimizer(config: Any,
@@ -102,7 +110,10 @@ def create_optimizer(config: Any,
   applied before the momentum trace is TF1's RMSPropOptimizer (TF-RMS).
   """
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+      optax.add_decayed_weights(
+          config.weight_decay,
+          mask=functools.partial(weight_decay_mask,
+                                 decay_biases=config.weight_decay_biases)),
       optax.rmsprop(
           learning_rate=learning_rate_fn,
           decay=config.rmsprop_decay,

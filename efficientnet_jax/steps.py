@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from efficientnet_jax import mixing
 from efficientnet_jax import models
 from efficientnet_jax import optim
 from efficientnet_jax import sharding
@@ -78,11 +79,15 @@ def train_step(state: TrainState, batch: Batch, train_rng: jax.Array, *,
                normalization: Normalization,
                learning_rate_fn: optim.LearningRateFn, label_smoothing: float,
                ema_decay: float, grad_accum_steps: int = 1,
-               data_shards: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               data_shards: int = 1, mixup_alpha: float = 0.0,
+               cutmix_alpha: float = 0.0
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a (global) batch, then the EMA update.
 
-  The randomness (dropout, drop-path) is `fold_in(train_rng, step)`, so a
-  resumed run replays exactly the same masks.
+  The randomness (dropout, drop-path, mixup/CutMix) is `fold_in(train_rng,
+  step)`, so a resumed run replays exactly the same masks and mixtures.
+  Mixing (mixing.py; off when both alphas are 0) turns the labels into soft
+  targets before the batch meets the model; accuracy stays on the labels.
 
   With `grad_accum_steps` k > 1 the batch is split into k micro-batches whose
   gradients are averaged before the one optimizer step, so the update equals
@@ -94,12 +99,21 @@ def train_step(state: TrainState, batch: Batch, train_rng: jax.Array, *,
   """
   batch = dict(batch, image=normalise(batch['image'], normalization))
   rng = jax.random.fold_in(train_rng, state.step)
+  mixed = mixing.is_on(mixup_alpha, cutmix_alpha)
+  if mixed:
+    batch = mixing.mix_batch(
+        batch, jax.random.fold_in(rng, mixing.MIXING_SALT),
+        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
 
   def loss_fn(params, batch_stats, batch, rng):
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': batch_stats}, batch['image'],
         train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
-    loss = cross_entropy_loss(logits, batch['label'], label_smoothing)
+    if mixed:
+      targets = mixing.soft_targets(batch, logits.shape[-1], label_smoothing)
+      loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    else:
+      loss = cross_entropy_loss(logits, batch['label'], label_smoothing)
     correct = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return loss, (correct, updates['batch_stats'])
 
@@ -221,7 +235,9 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
               learning_rate_fn: optim.LearningRateFn | None = None,
               label_smoothing: float = 0.0,
               ema_decay: float = 0.0,
-              grad_accum_steps: int = 1) -> JittedSteps:
+              grad_accum_steps: int = 1,
+              mixup_alpha: float = 0.0,
+              cutmix_alpha: float = 0.0) -> JittedSteps:
   """Wraps the steps in `jax.jit` with their shardings and compiler options.
 
   Every step normalises its batch's [0, 255] images with
@@ -235,9 +251,9 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
       variables and metrics replicated.
     state_shardings: the TrainState's shardings (default: every leaf
       replicated, a pytree prefix).
-    learning_rate_fn, label_smoothing, ema_decay, grad_accum_steps: the
-      recipe's, bound into the train step; without a learning_rate_fn there
-      is no train step.
+    learning_rate_fn, label_smoothing, ema_decay, grad_accum_steps,
+      mixup_alpha, cutmix_alpha: the recipe's (or the stage's), bound into
+      the train step; without a learning_rate_fn there is no train step.
 
   Returns:
     The JittedSteps. Nothing is compiled until the first call.
@@ -258,7 +274,8 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
                           label_smoothing=label_smoothing,
                           ema_decay=ema_decay,
                           grad_accum_steps=grad_accum_steps,
-                          data_shards=mesh.shape[sharding.DATA_AXIS]),
+                          data_shards=mesh.shape[sharding.DATA_AXIS],
+                          mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha),
         in_shardings=(state, batch, replicated),
         out_shardings=(state, replicated),
         donate_argnums=0, compiler_options=options)

@@ -12,6 +12,12 @@ restore or initialise the state, then the train loop, which evaluates, logs
 and saves as it goes. It resumes from the newest checkpoint in the workdir,
 stops cleanly on SIGTERM (saving first) and refuses a non-finite loss without
 saving it. eval.py's checkpoint scoring lives in eval_lib.py.
+
+With progressive learning (config.progressive, progressive.py) the loop runs
+stage by stage: at each stage's first step it rebuilds the input pipeline at
+the stage's image size and RandAugment magnitude, and compiles the train step
+once for the stage's size, mixing and dropout; state, optimizer, EMA and
+schedule carry on untouched. Evaluation stays at the network's resolution.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from efficientnet_jax import input_pipeline
 from efficientnet_jax import models
 from efficientnet_jax import network
 from efficientnet_jax import optim
+from efficientnet_jax import progressive
 from efficientnet_jax import sharding
 from efficientnet_jax import steps
 
@@ -139,12 +146,17 @@ def load_pretrained(state: steps.TrainState,
   variables, _ = checkpoints.load_variables(directory)
   fresh = dict(params=state.params, batch_stats=state.batch_stats)
   params = dict(variables['params'])
+  classes = state.params['classifier']['kernel'].shape[-1]
+  saved_classes = np.shape(params['classifier']['kernel'])[-1]
   if np.shape(params['classifier']['kernel']) != np.shape(
       state.params['classifier']['kernel']):
-    logging.info('Fine-tuning: new %d-class classifier (checkpoint has %d).',
-                 state.params['classifier']['kernel'].shape[-1],
-                 np.shape(params['classifier']['kernel'])[-1])
     params['classifier'] = jax.device_get(state.params['classifier'])
+    head = (f'the classifier re-initialised for {classes} classes (the '
+            f'checkpoint has {saved_classes})')
+  else:
+    head = f'its {classes}-class classifier included'
+  logging.info('Fine-tuning from %s: every tensor loaded, %s.', directory,
+               head)
   loaded = dict(params=params, batch_stats=variables['batch_stats'])
   mismatch = checkpoints.first_mismatch(fresh, loaded)
   if mismatch:
@@ -353,6 +365,39 @@ def evaluate_state(state: steps.TrainState, *, eval_fn: Any,
           for name, value in metrics.items()}
 
 
+def plan_stages(config: ml_collections.ConfigDict, total_steps: int,
+                spec: arch.ArchSpec) -> tuple[progressive.Stage, ...]:
+  """The run's stages; one, with the run's own settings, without staging."""
+  return progressive.build_stages(
+      config.progressive, total_steps=total_steps,
+      image_size=config.train_image_size or spec.resolution,
+      randaugment_magnitude=config.randaugment_magnitude,
+      mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+      dropout_rate=spec.dropout_rate)
+
+
+def stage_model(model: models.EfficientNet,
+                stage: progressive.Stage) -> models.EfficientNet:
+  """The network with the stage's head dropout (the same variables)."""
+  if stage.dropout_rate == model.spec.dropout_rate:
+    return model
+  return model.clone(spec=dataclasses.replace(
+      model.spec, dropout_rate=stage.dropout_rate))
+
+
+def stage_config(config: ml_collections.ConfigDict,
+                 stage: progressive.Stage) -> ml_collections.ConfigDict:
+  """The config the stage's input pipeline reads (its RandAugment magnitude).
+
+  A copy: the run's config is never changed.
+  """
+  if stage.randaugment_magnitude == config.randaugment_magnitude:
+    return config
+  fields = config.to_dict()
+  fields['randaugment_magnitude'] = stage.randaugment_magnitude
+  return ml_collections.ConfigDict(fields)
+
+
 @dataclasses.dataclass(frozen=True)
 class Loop:
   """What the train loop runs and where it writes; nothing of it changes."""
@@ -364,6 +409,11 @@ class Loop:
   train_rng: jax.Array
   meta: dict[str, Any]
   eval_iter_fn: Any  # () -> a fresh eval iterator.
+  stages: tuple[progressive.Stage, ...]
+  # (stage, start_step) -> that stage's train iterator from start_step.
+  train_iter_fn: Any
+  # (stage, state) -> (state, the stage's jitted, not yet compiled, step).
+  train_step_fn: Any
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -393,14 +443,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   # The tf.data seeds derive from config.seed inside the input pipeline.
   layout = state_layout(net.model, plan.tx, init_rng, mesh)
-  jitted = steps.jit_steps(
-      net.model, mesh, state_shardings=layout[1],
-      learning_rate_fn=plan.learning_rate_fn,
-      label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
-      grad_accum_steps=config.grad_accum_steps)
-  train_iter = data.create_train_iter(
-      config, local_batch_size=plan.local_batch_size, start_step=start_step,
-      **net.pipeline_args)
+  stages = plan_stages(config, plan.total_steps, net.spec)
+  jit_stage = functools.partial(
+      jit_stage_step, config=config, model=net.model, mesh=mesh,
+      shardings=layout[1], learning_rate_fn=plan.learning_rate_fn)
+  # Eval only: each stage jits its own train step (jit_stage_step).
+  jitted = steps.jit_steps(net.model, mesh)
+
+  def train_iter_fn(stage, first_step):
+    return data.create_train_iter(
+        stage_config(config, stage), local_batch_size=plan.local_batch_size,
+        start_step=first_step,
+        **dict(net.pipeline_args, resolution=stage.image_size))
+
+  train_iter = train_iter_fn(progressive.stage_for_step(start_step, stages),
+                             start_step)
   # The train step compiles at its first call, after the state exists, so
   # that the two compilations' memory does not overlap.
   state = initial_state(config, net.model, plan.tx, init_rng, mngr=mngr,
@@ -416,8 +473,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       train_rng=train_rng, meta=checkpoint_meta(config, net),
       eval_iter_fn=functools.partial(
           data.create_eval_iter, config,
-          local_batch_size=plan.local_eval_batch_size, **net.pipeline_args))
+          local_batch_size=plan.local_eval_batch_size, **net.pipeline_args),
+      stages=stages, train_iter_fn=train_iter_fn, train_step_fn=jit_stage)
   return train_loop(loop, state, train_iter, mngr=mngr, start_step=start_step)
+
+
+def jit_stage_step(stage: progressive.Stage, state: steps.TrainState, *,
+                   config: ml_collections.ConfigDict,
+                   model: models.EfficientNet, mesh: jax.sharding.Mesh,
+                   shardings: Any, learning_rate_fn: optim.LearningRateFn
+                   ) -> tuple[steps.TrainState, Any]:
+  """(state applying the stage's model, the stage's jitted train step).
+
+  The stage's dropout lives in the model, which is the state's static
+  apply_fn; the variables are the same for every stage.
+  """
+  model = stage_model(model, stage)
+  state, shardings = with_apply_fn(state, model, shardings)
+  return state, steps.jit_steps(
+      model, mesh, state_shardings=shardings,
+      learning_rate_fn=learning_rate_fn,
+      label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
+      grad_accum_steps=config.grad_accum_steps,
+      mixup_alpha=stage.mixup_alpha, cutmix_alpha=stage.cutmix_alpha).train
+
+
+def stage_batches(loop: Loop, train_iter: Iterator[Batch], start_step: int
+                  ) -> Iterator[tuple[int, progressive.Stage, Batch]]:
+  """(step, stage, batch) from start_step to the end, stage after stage.
+
+  `train_iter` feeds the stage of start_step; each later stage gets a fresh
+  pipeline, started at its first step (input_pipeline's start_step
+  contract), so a resumed run reads what the straight run read.
+  """
+  for stage in loop.stages:
+    first = max(start_step, stage.start_step)
+    if first >= stage.end_step:
+      continue
+    if first != start_step:
+      train_iter = loop.train_iter_fn(stage, first)
+    for step, batch in zip(range(first, stage.end_step), train_iter):
+      yield step, stage, batch
+
+
+def with_apply_fn(state: steps.TrainState, model: models.EfficientNet,
+                  shardings: Any) -> tuple[steps.TrainState, Any]:
+  """(state applying `model`, the state's shardings for that tree)."""
+  if state.apply_fn == model.apply:
+    return state, shardings
+  state = state.replace(apply_fn=model.apply)
+  return state, jax.tree.unflatten(jax.tree.structure(state),
+                                   jax.tree.leaves(shardings))
 
 
 class TimedIterator:
@@ -466,20 +572,34 @@ def train_loop(loop: Loop, state: steps.TrainState, train_iter: Iterator[Batch],
 
   history = []
   results = dict(step=start_step, preempted=False)
-  timed_iter = TimedIterator(train_iter)
-  interval = Interval(time.perf_counter(), start_step, 0.0)
+  timed_iter = TimedIterator(stage_batches(loop, train_iter, start_step))
+  run_start = time.perf_counter()
+  interval = Interval(run_start, start_step, 0.0)
+  stage, train_fn, compile_seconds = None, None, 0.0
   logging.info('Compiling the train step (the first step includes it).')
   with metric_writers.ensure_flushes(writer), mngr, sigterm_flag() as sigterm:
-    for step, batch in zip(range(start_step, total_steps), timed_iter):
+    for step, step_stage, batch in timed_iter:
+      batch = sharding.shard_batch(batch, loop.mesh)
+      if step_stage is not stage:
+        stage = step_stage
+        state, train_fn, seconds = compile_stage(loop, stage, state, batch)
+        compile_seconds += seconds
+        # Keep the compile out of the interval's speed.
+        interval = dataclasses.replace(interval, start=interval.start +
+                                       seconds)
+        if len(loop.stages) > 1:
+          write_metrics(writer, workdir, step, {
+              'progressive/stage': stage.index + 1,
+              'progressive/image_size': stage.image_size,
+              'perf/compile_seconds': seconds})
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = loop.jitted.train(
-            state, sharding.shard_batch(batch, loop.mesh), loop.train_rng)
+        state, metrics = train_fn(state, batch, loop.train_rng)
       history.append((step, metrics))
       done = step + 1
       if step == start_step:
         jax.block_until_ready(metrics)
-        logging.info('First step done in %.1f s (compilation included).',
-                     time.perf_counter() - interval.start)
+        logging.info('First step done in %.1f s after a %.1f s compile.',
+                     time.perf_counter() - interval.start, compile_seconds)
         interval = Interval(time.perf_counter(), done, timed_iter.wait_seconds)
       for hook in hooks:
         hook(done)
@@ -519,11 +639,33 @@ def train_loop(loop: Loop, state: steps.TrainState, train_iter: Iterator[Batch],
                         workdir)
         break
     mngr.wait_until_finished()
+  results['wall_seconds'] = time.perf_counter() - run_start
+  results['compile_seconds'] = compile_seconds
+  logging.info('Train-step compiles took %.1f s of %.1f s (%.1f%%) over %d '
+               'stage(s).', compile_seconds, results['wall_seconds'],
+               100 * compile_seconds / max(results['wall_seconds'], 1e-9),
+               len(loop.stages))
   if jax.process_index() == 0:
     logging.info('TensorBoard logs: %s (tensorboard --logdir %s); metrics: '
                  '%s; checkpoint: %s (step %d).', workdir, workdir,
                  os.path.join(workdir, METRICS_FILE), workdir, results['step'])
   return results
+
+
+def compile_stage(loop: Loop, stage: progressive.Stage,
+                  state: steps.TrainState, batch: Batch
+                  ) -> tuple[steps.TrainState, Any, float]:
+  """(state, the stage's compiled train step, seconds spent compiling).
+
+  One compile per stage: every batch of a stage has the stage's shape.
+  """
+  start = time.perf_counter()
+  state, train = loop.train_step_fn(stage, state)
+  compiled = train.lower(state, batch, loop.train_rng).compile()
+  seconds = time.perf_counter() - start
+  logging.info('%s%s; train step compiled in %.1f s.',
+               stage.describe()[0].upper(), stage.describe()[1:], seconds)
+  return state, compiled, seconds
 
 
 @dataclasses.dataclass(frozen=True)

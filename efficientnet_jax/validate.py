@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from efficientnet_jax import arch
 from efficientnet_jax import errors
+from efficientnet_jax import progressive
 
 # The input pipeline's augmentations (input_pipeline.AUGMENTATIONS).
 AUGMENTATIONS = ('none', 'autoaugment', 'randaugment')
@@ -34,6 +35,9 @@ KERNELS = ('auto', 'cpu', 'xla')
 DEPTHWISE_IMPLS = ('auto', 'shifted', 'grouped')
 RECOMPUTE_POLICIES = ('auto', 'all', 'project', 'none')
 SECTIONS = ('model', 'execution')
+PROGRESSIVE_FIELDS = ('num_stages', 'schedule', 'min_image_size',
+                      'min_randaugment_magnitude', 'min_mixup_alpha',
+                      'min_cutmix_alpha', 'min_dropout_rate')
 
 # The size of network one accelerator can train. The largest published
 # network, L2 (width 4.3, depth 5.3, 800 px), has 480M parameters and 0.48
@@ -127,6 +131,14 @@ def text(*, optional: bool = False) -> Rule:
   return rule
 
 
+def boolean() -> Rule:
+  def rule(value):
+    if not isinstance(value, bool):
+      return 'True or False'
+    return None
+  return rule
+
+
 def _recompute(value: Any) -> str | None:
   if isinstance(value, bool) or value in RECOMPUTE_POLICIES:
     return None
@@ -177,6 +189,11 @@ TOP_RULES: dict[str, Rule] = dict(
     crop_padding=integer(0),
     host_image_dtype=one_of(HOST_IMAGE_DTYPES),
     shuffle_buffer_size=integer(1),
+    train_image_size=integer(MIN_RESOLUTION, optional=True),
+    train_crop_min_area=number(0, 1, low_open=True),
+    eval_center_crop=boolean(),
+    mixup_alpha=number(0),
+    cutmix_alpha=number(0),
     batch_size=integer(1),
     eval_batch_size=integer(1),
     grad_accum_steps=integer(1),
@@ -190,6 +207,7 @@ TOP_RULES: dict[str, Rule] = dict(
     rmsprop_momentum=number(0, 1, high_open=True),
     rmsprop_epsilon=number(0, low_open=True),
     weight_decay=number(0),
+    weight_decay_biases=boolean(),
     label_smoothing=number(0, 1, high_open=True),
     ema_decay=number(0, 1, high_open=True),
     init_checkpoint=text(optional=True),
@@ -252,7 +270,56 @@ def check_config(config: Mapping[str, Any], *, training: bool = True) -> None:
     raise errors.ConfigError(
         f'config.init_checkpoint={config["init_checkpoint"]!r} is not a '
         'directory: pass a train.py workdir or a convert --output.')
-  check_model_section(config['model'], execution=config, training=training)
+  spec = check_model_section(config['model'], execution=config,
+                             training=training)
+  if training:
+    check_progressive(config, spec)
+
+
+def check_progressive(config: Mapping[str, Any], spec: arch.ArchSpec) -> None:
+  """The stage list must fit the run (efficientnet_jax/progressive.py).
+
+  At most one stage per epoch (or per step with num_train_steps), sizes
+  the network takes, and each minimum inside [lowest allowed, the run's own
+  value] it rises to.
+  """
+  if 'progressive' not in config:
+    raise errors.ConfigError('config has no progressive section '
+                             '(config.progressive; configs/common.py).')
+  section = config['progressive']
+  for name in PROGRESSIVE_FIELDS:
+    if name not in section:
+      raise errors.ConfigError(f'config.progressive has no field {name!r}.')
+  num_stages = section['num_stages']
+  check_field('config.progressive.num_stages', num_stages, integer(1))
+  check_field('config.progressive.schedule', section['schedule'],
+              one_of(progressive.SCHEDULES))
+  if config['num_train_steps'] is None:
+    limit, what = config['num_epochs'], f'num_epochs={config["num_epochs"]!r}'
+  else:
+    limit = config['num_train_steps']
+    what = f'num_train_steps={config["num_train_steps"]!r}'
+  if num_stages > limit:
+    raise errors.ConfigError(
+        f'config.progressive.num_stages={num_stages!r} does not fit '
+        f'config.{what}: use at most one stage per '
+        f'{"epoch" if config["num_train_steps"] is None else "step"}.')
+  train_size = config['train_image_size'] or spec.resolution
+  maxima = dict(
+      min_image_size=(MIN_RESOLUTION, train_size, 'the train image size'),
+      min_randaugment_magnitude=(0, config['randaugment_magnitude'],
+                                 'config.randaugment_magnitude'),
+      min_mixup_alpha=(0, config['mixup_alpha'], 'config.mixup_alpha'),
+      min_cutmix_alpha=(0, config['cutmix_alpha'], 'config.cutmix_alpha'),
+      min_dropout_rate=(0, spec.dropout_rate, 'config.model.dropout_rate'))
+  for name, (low, high, source) in maxima.items():
+    rule = (integer(low, high, optional=True) if name == 'min_image_size'
+            else number(low, high, optional=True))
+    allowed = rule(section[name])
+    if allowed is not None:
+      raise errors.ConfigError(
+          f'config.progressive.{name}={section[name]!r} is not allowed: use '
+          f'{allowed} (the stages rise to {source}, {high!r}).')
 
 
 def check_model_section(model: Mapping[str, Any], *,
@@ -312,8 +379,9 @@ def check_network_size(model: Mapping[str, Any], *,
   if model['resolution'] is not None:
     resolution = model['resolution']
     how += f', resolution={resolution}'
+  block_strings = check_block_strings(model, prefix=prefix)
   blocks = (math.inf if not math.isfinite(depth) else
-            num_blocks(preset.family, depth))
+            num_blocks(preset.family, block_strings, depth))
   if blocks > MAX_BLOCKS or not math.isfinite(width) or not math.isfinite(
       resolution):
     raise errors.ConfigError(
@@ -337,12 +405,32 @@ def check_network_size(model: Mapping[str, Any], *,
   return spec
 
 
-def num_blocks(family: str, depth: float) -> int:
+def check_block_strings(model: Mapping[str, Any], *,
+                        prefix: str = 'config.model') -> tuple[str, ...]:
+  """The section's stage table, each block string decoded once to refuse a
+  malformed one by name."""
+  block_strings = arch.base_block_strings(model)
+  for block_string in block_strings:
+    try:
+      arch.decode_block_string(block_string)
+    except ValueError as error:
+      raise errors.ConfigError(
+          f'{prefix}.blocks: {block_string!r} is not a block string ({error}); '
+          "write e.g. 'r1_k3_s11_e1_i32_o16_se0.25' (docs/reference.md "
+          '§10).') from None
+  if not block_strings:
+    raise errors.ConfigError(f'{prefix}.blocks is empty: give at least one '
+                             'block string, or None for the variant\'s.')
+  return block_strings
+
+
+def num_blocks(family: str, block_strings: tuple[str, ...],
+               depth: float) -> int:
   """Blocks of a network of that depth coefficient, without building them."""
   blocks = 0
-  for index, block_string in enumerate(arch.B0_BLOCKS):
+  for index, block_string in enumerate(block_strings):
     repeats = arch.decode_block_string(block_string).repeats
-    fixed = family == 'lite' and index in (0, len(arch.B0_BLOCKS) - 1)
+    fixed = family == 'lite' and index in (0, len(block_strings) - 1)
     blocks += repeats if fixed else arch.round_repeats(repeats, depth)
   return blocks
 

@@ -60,7 +60,8 @@ def _config(data_dir, **overrides):
       dataset='pipeline_test_images', data_dir=data_dir, train_split='train',
       eval_split='validation', augment='none', randaugment_num_layers=2,
       randaugment_magnitude=10, crop_padding=32, host_image_dtype='auto',
-      shuffle_buffer_size=16384, seed=0))
+      shuffle_buffer_size=16384, train_crop_min_area=0.08,
+      eval_center_crop=True, seed=0))
   config.update(overrides)
   return config
 
@@ -291,6 +292,16 @@ class PipelineTest(parameterized.TestCase):
           resize_method='bicubic', crop_padding=32).numpy()
       np.testing.assert_array_equal(
           output, image[16:16 + resolution, 38:38 + resolution])
+
+  def test_eval_without_centre_crop_resizes_the_whole_image(self):
+    # V2 at >= 320 px: the whole 40x40 image resized to 20x20; a 2x
+    # bilinear downscale without half-pixel centres picks every other pixel.
+    image = np.random.default_rng(1).integers(0, 256, (40, 40, 3)).astype(
+        np.uint8)
+    output = input_pipeline.preprocess_eval(
+        tf.io.encode_png(image), resolution=20, resize_method='bilinear',
+        crop_padding=32, center_crop=False).numpy()
+    np.testing.assert_array_equal(output, image[::2, ::2])
 
   def test_rgba_image_drops_alpha(self):
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 4)).astype(

@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
+from configs import common
 from efficientnet_jax import checkpoints
 from efficientnet_jax import errors
+from efficientnet_jax import eval_lib
 from efficientnet_jax import models
 from efficientnet_jax import train_lib
 from tests import fake_pipeline
@@ -120,3 +122,85 @@ def test_several_processes_without_a_preemption_service_are_refused(
   with pytest.raises(errors.ConfigError, match='no jax.distributed client'):
     with train_lib.sigterm_flag():
       pass
+
+
+class Interrupted:
+  """The fake pipeline, recording each pipeline's (start step, size); with
+  `at`, the process dies while fetching the batch of step `at`, keeping only
+  the checkpoints already written, as on SIGKILL."""
+
+  def __init__(self, at=None):
+    self.at = at
+    self.dataset_info = fake_pipeline.dataset_info
+    self.create_eval_iter = fake_pipeline.create_eval_iter
+    self.sizes = []
+
+  def create_train_iter(self, config, *, start_step=0, **kwargs):
+    self.sizes.append((start_step, kwargs['resolution']))
+    for step, batch in enumerate(
+        fake_pipeline.create_train_iter(config, start_step=start_step,
+                                        **kwargs), start=start_step):
+      if step == self.at:
+        raise KeyboardInterrupt('killed')
+      yield batch
+
+
+def staged_config():
+  """Two stages of 3 steps (32 then 40 px; dropout 0.1 -> 0.2, mixup and
+  CutMix 0 -> 0.4), checkpoints every 2 steps."""
+  config = tiny.tiny_config(num_train_steps=6, checkpoint_every_steps=2,
+                            log_every_steps=1, eval_every_epochs=100.0,
+                            train_image_size=40, mixup_alpha=0.4,
+                            cutmix_alpha=0.4)
+  config.progressive = common.progressive_config(
+      2, 'paper', min_image_size=32, min_mixup_alpha=0.0,
+      min_cutmix_alpha=0.0, min_dropout_rate=0.1)
+  return config
+
+
+@pytest.fixture
+def compilation_cache(tmp_path):
+  """JAX's persistent cache for this test only: the resumed runs compile the
+  same stage programs as the straight run and read them back instead."""
+  from jax._src import compilation_cache as cache  # pylint: disable=g-import-not-at-top
+  names = ('jax_compilation_cache_dir',
+           'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  saved = {name: getattr(jax.config, name) for name in names}
+  for name, value in zip(names, (str(tmp_path / 'jax_cache'), 0, 0)):
+    jax.config.update(name, value)
+  cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  cache.reset_cache()
+
+
+def test_staged_run_killed_mid_stage_resumes_as_a_straight_run(
+    tmp_path, compilation_cache):
+  del compilation_cache
+  config = staged_config()
+  straight_data = Interrupted()
+  straight = train_lib.train_and_evaluate(config, str(tmp_path / 'straight'),
+                                          data=straight_data)
+  # One pipeline per stage, each at its size, started at its first step.
+  assert straight_data.sizes == [(0, 32), (3, 40)]
+  workdir = str(tmp_path / 'resumed')
+  with pytest.raises(KeyboardInterrupt):  # Killed in stage 1, saved at 2.
+    train_lib.train_and_evaluate(config, workdir,
+                                 data=Interrupted(at=3))
+  assert checkpoints.latest_step(workdir) == 2
+  # Resumes mid stage 1 and crosses into stage 2.
+  resumed_data = Interrupted()
+  resumed = train_lib.train_and_evaluate(config, workdir, data=resumed_data)
+  assert resumed_data.sizes == [(2, 32), (3, 40)] and resumed['step'] == 6
+  a, _ = checkpoints.restore_raw(str(tmp_path / 'straight'), keys=None)
+  b, _ = checkpoints.restore_raw(workdir, keys=None)
+  for key in ('params', 'ema_params', 'batch_stats', 'opt_state'):
+    for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key])):
+      np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=key)
+  assert resumed['eval_ema/top1'] == straight['eval_ema/top1']
+  # The staged checkpoint evaluates as eval.py scores it, at the eval size.
+  scored = eval_lib.evaluate_checkpoint(config, workdir, data=fake_pipeline)
+  assert scored['top1'] == pytest.approx(resumed['eval_ema/top1'])
+

@@ -3,8 +3,10 @@
 import pytest
 
 from configs import demo
+from configs import demo_v2
 from configs import finetune
 from configs import imagenet
+from configs import imagenet_v2
 from efficientnet_jax import arch
 from efficientnet_jax import errors
 from efficientnet_jax import validate
@@ -16,6 +18,23 @@ VARIANTS = [*arch.PRESETS, 'phi=0', 'phi=2.5', 'lite-phi=1']
 def test_every_recipe_passes(variant):
   for config in (imagenet.get_config(variant), demo.get_config(variant),
                  finetune.get_config(f'{variant},cifar100')):
+    validate.check_config(config)
+
+
+@pytest.mark.parametrize('arg', [*imagenet_v2.VARIANTS, 'v2-s,paper',
+                                 'v2-m,paper', 'v2-l,paper'])
+def test_every_v2_recipe_passes(arg):
+  validate.check_config(imagenet_v2.get_config(arg))
+  validate.check_config(demo_v2.get_config('staged' if 'b' in arg else
+                                           'unstaged'))
+
+
+def test_stages_fit_the_steps_when_steps_are_given():
+  config = demo_v2.get_config('staged').to_dict()
+  config['num_train_steps'] = 3
+  with pytest.raises(errors.ConfigError, match=r'num_stages=4 does not fit '
+                     r'config.num_train_steps=3: use at most one stage per '
+                     r'step\.$'):
     validate.check_config(config)
 
 
@@ -71,6 +90,25 @@ BAD = [
     ('dataset', 'no_such_dataset_xyz', 'is not a known dataset'),
     ('init_checkpoint', '/no/such/dir', 'is not a directory'),
     ('train_split', '', 'a non-empty string'),
+    ('progressive.num_stages', 30, 'config.progressive.num_stages=30 does '
+     'not fit config.num_epochs=25.0: use at most one stage per epoch'),
+    ('progressive.num_stages', 0, 'an integer >= 1'),
+    ('progressive.schedule', 'linear', "one of 'code', 'paper'"),
+    ('progressive.min_image_size', 16, 'config.progressive.min_image_size=16 '
+     'is not allowed: use an integer in [32, 32] or None (the stages rise to '
+     'the train image size, 32)'),
+    ('progressive.min_randaugment_magnitude', 12.0, 'in [0, 10] or None'),
+    ('progressive.min_randaugment_magnitude', -1.0, 'in [0, 10] or None'),
+    ('progressive.min_mixup_alpha', 0.5, 'in [0, 0] or None (the stages rise '
+     'to config.mixup_alpha, 0.0)'),
+    ('progressive.min_dropout_rate', 0.5, 'in [0, 0.2] or None'),
+    ('mixup_alpha', -0.1, 'config.mixup_alpha=-0.1 is not allowed: use a '
+     'finite number >= 0'),
+    ('cutmix_alpha', -1.0, '>= 0'),
+    ('train_image_size', 16, 'an integer >= 32 or None'),
+    ('train_crop_min_area', 0.0, 'in (0, 1]'),
+    ('eval_center_crop', 'yes', 'True or False'),
+    ('weight_decay_biases', 1, 'True or False'),
 ]
 
 
@@ -136,9 +174,10 @@ def test_network_size_counts_the_published_parameters():
   # parity_test.py: B0 5,288,548 and B7 66,347,960 trainable parameters.
   assert validate.network_size(arch.spec_for('b0'))[0] == 5_288_548
   assert validate.network_size(arch.spec_for('b7'))[0] == 66_347_960
-  assert validate.num_blocks('efficientnet', 3.1) == len(
+  assert validate.num_blocks('efficientnet', arch.B0_BLOCKS, 3.1) == len(
       arch.spec_for('b7').blocks)
-  assert validate.num_blocks('lite', 1.8) == len(arch.spec_for('lite4').blocks)
+  assert validate.num_blocks('lite', arch.LITE_BLOCKS, 1.8) == len(
+      arch.spec_for('lite4').blocks)
 
 
 def test_check_variant_names_the_flag():
