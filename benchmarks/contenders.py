@@ -122,9 +122,12 @@ def ours_step(spec: dict):
   model = models.from_config(config.model, num_classes=1000)
   mesh = sharding.create_mesh()
   rng = np.random.default_rng(0)
+  # [0, 255] RGB as the pipeline hands it over: float32, as for the recipe's
+  # unaugmented training (input_pipeline.host_image_dtype); the steps
+  # normalise it.
   data = sharding.shard_batch(dict(
-      image=rng.standard_normal((batch, resolution, resolution, 3),
-                                dtype=np.float32),
+      image=rng.uniform(0, 255, (batch, resolution, resolution, 3)
+                        ).astype(np.float32),
       label=rng.integers(0, 1000, batch, dtype=np.int32),
       mask=np.ones(batch, np.float32)), mesh)
   keys = jax.random.split(jax.random.key(config.seed), 2)

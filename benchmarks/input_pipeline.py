@@ -2,9 +2,15 @@
 
 Generates ImageNet-like JPEGs (500x375, ~100 KB, quality 90) in memory and
 runs the pipeline's own train preprocessing (decode-and-crop,
-bicubic resize, flip, then none / AutoAugment / RandAugment, normalisation)
-and eval preprocessing at 224 px through tf.data (parallel map, batches of
-64), the way input_pipeline does it minus TFRecord reading.
+bicubic resize, flip, then none / AutoAugment / RandAugment) and eval
+preprocessing at 224 px through tf.data (parallel map, batches of 64), the
+way input_pipeline does it minus TFRecord reading, handing images over in
+input_pipeline.host_image_dtype's dtype ('auto'; the steps normalise on the
+device).
+
+Host bytes per batch: the image array of one batch per mode, as 'auto' hands
+it over and as float32 (what every mode handed over when the host
+normalised), and the same two for B7's recipe batch (4096 at 600 px).
 
 Two figures per mode, each the best of --repeats windows taken in turns:
 wall-clock images/s divided by the usable cores, and images per CPU-second
@@ -29,6 +35,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -46,6 +53,8 @@ _RESOLUTION = flags.DEFINE_integer('resolution', 224, 'Output side.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line at the end.')
 
 MODES = ('train_none', 'train_autoaugment', 'train_randaugment', 'eval')
+# B7's recipe batch and resolution (configs/imagenet.py:b7).
+B7_BATCH, B7_RESOLUTION = 4096, 600
 
 
 def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
@@ -65,10 +74,20 @@ def make_jpegs(count: int, seed: int = 0) -> list[bytes]:
   return images
 
 
-def build_dataset(jpegs: list[bytes], mode: str) -> tf.data.Dataset:
+def host_dtype(mode: str, host_image_dtype: str) -> tf.DType:
+  """input_pipeline.host_image_dtype for `mode` under that config value."""
+  config = ml_collections.ConfigDict(dict(
+      augment='none' if mode == 'eval' else mode.removeprefix('train_'),
+      host_image_dtype=host_image_dtype))
+  return input_pipeline.host_image_dtype(config, train=mode != 'eval')
+
+
+def build_dataset(jpegs: list[bytes], mode: str,
+                  host_image_dtype: str = 'auto') -> tf.data.Dataset:
   """The pipeline's per-example work for `mode`, batched."""
   spec = arch.spec_for('b0')
   resolution = _RESOLUTION.value
+  dtype = host_dtype(mode, host_image_dtype)
   dataset = tf.data.Dataset.from_tensor_slices(jpegs).repeat()
   dataset = dataset.enumerate()
 
@@ -86,9 +105,7 @@ def build_dataset(jpegs: list[bytes], mode: str) -> tf.data.Dataset:
           augment_name=mode.removeprefix('train_'),
           randaugment_num_layers=2, randaugment_magnitude=10,
           crop_padding=32)
-    mean = tf.constant(spec.mean_rgb, tf.float32)
-    std = tf.constant(spec.std_rgb, tf.float32)
-    return (image - mean) / std
+    return input_pipeline.to_host_dtype(image, dtype)
 
   dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(_BATCH_SIZE.value, drop_remainder=True)
@@ -113,6 +130,22 @@ def timed_window(iterator, seconds: float) -> tuple[int, float, float]:
           cpu_seconds() - start_cpu)
 
 
+def host_bytes(jpegs: list[bytes]) -> dict[str, dict]:
+  """Per mode: the image bytes of one batch, as 'auto' and as float32."""
+  figures = {}
+  for mode in MODES:
+    auto = next(build_dataset(jpegs, mode, 'auto').as_numpy_iterator())
+    float32 = next(build_dataset(jpegs, mode, 'float32').as_numpy_iterator())
+    per_pixel = auto.dtype.itemsize
+    figures[mode] = dict(
+        dtype=str(auto.dtype), bytes_per_batch=int(auto.nbytes),
+        float32_bytes_per_batch=int(float32.nbytes),
+        ratio=float32.nbytes / auto.nbytes,
+        b7_batch_gb=B7_BATCH * B7_RESOLUTION**2 * 3 * per_pixel / 1e9,
+        b7_batch_float32_gb=B7_BATCH * B7_RESOLUTION**2 * 3 * 4 / 1e9)
+  return figures
+
+
 def main(argv):
   del argv
   command = report.command_line(module='benchmarks.input_pipeline')
@@ -123,6 +156,7 @@ def main(argv):
   jpegs = make_jpegs(_NUM_IMAGES.value)
   mean_kb = float(np.mean([len(j) for j in jpegs]) / 1024)
   logging.info('%d JPEGs, mean %.0f KB', len(jpegs), mean_kb)
+  bytes_per_batch = host_bytes(jpegs)
   iterators = {mode: iter(build_dataset(jpegs, mode)) for mode in MODES}
   for iterator in iterators.values():
     for _ in range(3):  # Warm-up: graph instantiation, thread pools.
@@ -164,11 +198,17 @@ def main(argv):
                     batch_size=_BATCH_SIZE.value),
       cores=cores, resolution=_RESOLUTION.value, mean_jpeg_kb=mean_kb,
       load_average_end=os.getloadavg()[0], windows=windows, modes=modes,
-      cost_ratios=cost_ratios)
+      cost_ratios=cost_ratios, host_bytes=bytes_per_batch)
   print(f'AutoAugment costs {cost_ratios["autoaugment"]:.2f}x and '
         f'RandAugment {cost_ratios["randaugment"]:.2f}x the plain '
         'train preprocessing (CPU time per image); load average '
         f'{results["load_average_end"]:.1f} on {cores} cores.')
+  for mode, figures in bytes_per_batch.items():
+    print(f'{mode:20s} host {figures["dtype"]:8s} '
+          f'{figures["bytes_per_batch"] / 2**20:7.1f} MiB per batch '
+          f'(float32 {figures["float32_bytes_per_batch"] / 2**20:.1f} MiB); '
+          f'B7 at {B7_BATCH}: {figures["b7_batch_gb"]:.1f} GB '
+          f'(float32 {figures["b7_batch_float32_gb"]:.1f} GB)')
   path = report.write_results(results, 'input_pipeline')
   logging.info('Results: %s and input_pipeline-latest.json', path)
   if _JSON.value:

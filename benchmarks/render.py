@@ -13,7 +13,8 @@ NAMEs, from throughput-latest.json: throughput-summary (one line per task:
 ours, the fastest peer, the ratios), throughput-full (every contender),
 throughput-rounds (each round's figures), throughput-setup (machine,
 software, the recipe the peers ran); from scaling-latest.json: scaling; from
-input_pipeline-latest.json: input-pipeline; from both throughput and scaling:
+input_pipeline-latest.json: input-pipeline and host-bytes; from
+first_step-latest.json: first-step; from both throughput and scaling:
 targets. Every block ends with the results file it was rendered from. A file
 with no marker is skipped, and so is a block whose results are missing; both
 are reported on stderr. Pure standard library.
@@ -32,7 +33,7 @@ from benchmarks import report
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_FILES = ('README.md', os.path.join('docs', 'performance.md'))
-RESULT_NAMES = ('throughput', 'scaling', 'input_pipeline')
+RESULT_NAMES = ('throughput', 'scaling', 'input_pipeline', 'first_step')
 MARKER = re.compile(
     r'(?P<open><!-- generated:(?P<name>[\w-]+) \(python -m benchmarks\.render'
     r'\) -->\n)(?P<body>.*?)(?P<close><!-- /generated:(?P=name) -->)',
@@ -116,6 +117,52 @@ def input_pipeline_block(results: dict) -> str:
   return text
 
 
+def host_bytes_block(results: dict) -> str:
+  """Image bytes per batch as handed to the devices, against float32."""
+  names = dict(train_none='train, no augmentation',
+               train_autoaugment='train, AutoAugment v0',
+               train_randaugment='train, RandAugment (2, 10)', eval='eval')
+  batch, resolution = results['settings']['batch_size'], results['resolution']
+  lines = [f'| mode | host dtype (`auto`) | MiB per batch of {batch} at '
+           f'{resolution} px | as float32 | B7 batch 4096 at 600 px (GB) | '
+           'as float32 (GB) |', '|---|---|---:|---:|---:|---:|']
+  for mode, name in names.items():
+    figures = results['host_bytes'].get(mode)
+    if figures:
+      lines.append(
+          f"| {name} | {figures['dtype']} | "
+          f"{figures['bytes_per_batch'] / 2**20:.1f} | "
+          f"{figures['float32_bytes_per_batch'] / 2**20:.1f} | "
+          f"{figures['b7_batch_gb']:.1f} | "
+          f"{figures['b7_batch_float32_gb']:.1f} |")
+  return '\n'.join(lines)
+
+
+def first_step_block(results: dict) -> str:
+  """Cold and warm first step of train.py, against the warm target."""
+  lines = ['| run | compilation cache | first step (logged) | launch to first '
+           'step | whole run | load average (start, end) |',
+           '|---|---|---:|---:|---:|---|']
+  for name, run in results['runs'].items():
+    cache = (f"empty, {run['cache_files_after']} files written"
+             if not run['cache_files_before'] else
+             f"{run['cache_files_before']} files")
+    lines.append(f"| {name}{' (resumed)' if run['resumed'] else ''} | "
+                 f"{cache} | {run['first_step_s']:.1f} s | "
+                 f"{run['launch_to_first_step_s']:.1f} s | "
+                 f"{run['wall_s']:.1f} s | {run['load_average_start']:.1f}, "
+                 f"{run['load_average_end']:.1f} |")
+  warm = results['runs']['warm']
+  lines.append(
+      f"\nThe warm restart reaches its first step "
+      f"{warm['launch_to_first_step_s']:.1f} s after launch (target ≤ "
+      f"{results['warm_target_s']:.0f} s: "
+      f"{status(results['warm_target_met'])}), on "
+      f"{results['machine']['usable_cores']} usable cores with a load average "
+      f"of {warm['load_average_start']:.1f} at its start.")
+  return '\n'.join(lines)
+
+
 def blocks(latest: dict[str, dict]) -> dict[str, str]:
   """The Markdown of every block the loaded results can give, by NAME."""
   found = {}
@@ -141,6 +188,12 @@ def blocks(latest: dict[str, dict]) -> dict[str, str]:
   if latest.get('input_pipeline'):
     found['input-pipeline'] = (input_pipeline_block(latest['input_pipeline'])
                                + '\n\n' + source_line(latest['input_pipeline']))
+    if 'host_bytes' in latest['input_pipeline']:
+      found['host-bytes'] = (host_bytes_block(latest['input_pipeline']) +
+                             '\n\n' + source_line(latest['input_pipeline']))
+  if latest.get('first_step'):
+    found['first-step'] = (first_step_block(latest['first_step']) + '\n\n' +
+                           source_line(latest['first_step']))
   return found
 
 

@@ -55,6 +55,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.randaugment_magnitude = RANDAUGMENT_MAGNITUDE.get(
       config.model.variant, 10)
   config.crop_padding = 32  # TPU-PRE CROP_PADDING (docs/reference.md §6.2).
+  # How images leave the host: 'auto' is uint8 where the preprocessing ends in
+  # integers (AutoAugment/RandAugment training), float32 elsewhere, both
+  # exact; 'uint8' rounds the others too (a quarter of the bytes, not the
+  # TPU-PRE input); 'float32' everywhere. The steps normalise on the device.
+  config.host_image_dtype = 'auto'
   # Ours: enough to mix examples across ImageNet's 1024 training shards.
   config.shuffle_buffer_size = 16 * 1024
   # None: train at the model's resolution (V2 trains below its eval size).

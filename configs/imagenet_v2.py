@@ -108,6 +108,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.randaugment_num_layers = 2  # hparams.py: 2 layers.
   config.randaugment_magnitude = float(row.randaugment_magnitude)
   config.crop_padding = 32  # preprocessing.py centre crop s / (s + 32).
+  # 'auto': uint8 where the preprocessing ends in integers (AutoAugment/
+  # RandAugment training), float32 elsewhere; see configs/imagenet.py.
+  config.host_image_dtype = 'auto'
   config.shuffle_buffer_size = 16 * 1024
   config.train_image_size = row.train_size
   # preprocessing.py: area 0.05-1 on the V2 path; B0-B3 use the V1 crop.

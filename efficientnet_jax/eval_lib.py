@@ -191,10 +191,9 @@ def describe_scoring(config: ml_collections.ConfigDict,
     resolution, normalisation and padding scored, config_differences=
     {field: (config's, scored)}, source=meta's source).
   """
-  args = net.pipeline_args
+  mean_rgb, std_rgb = net.normalization
   padding = meta.get('padding') or config.model.padding
-  scored = _network_words(net.spec, args['mean_rgb'], args['std_rgb'],
-                          padding)
+  scored = _network_words(net.spec, mean_rgb, std_rgb, padding)
   try:
     asked_spec = arch.resolve(config.model.to_dict())
     asked = _network_words(asked_spec, asked_spec.mean_rgb,

@@ -6,7 +6,7 @@ the global batch, ready for `jax.make_array_from_process_local_data`.
 
 Train: per epoch, shuffle the file order and the examples (seeded by
 config.seed, the process and the epoch), decode-and-crop with the Inception
-box, resize, flip, optional AutoAugment/RandAugment, normalise. The random
+box, resize, flip, optional AutoAugment/RandAugment. The random
 draws of an example depend only on (seed, process, epoch, its index in the
 split), and the example order only on (seed, process, epoch), so the iterator
 started at step k yields exactly the batches the uninterrupted one yields from
@@ -15,6 +15,15 @@ step k on; resuming reads, but never decodes, at most one epoch of records.
 Eval: one deterministic pass with the centre crop; the last batch is padded,
 with `mask` 0 and `index` -1 on the padding, so every example counts exactly
 once across processes and every process runs the same number of batches.
+
+Images leave the host as [0, 255] RGB, not normalised: the jitted steps
+compute (x - mean_rgb) / std_rgb on the device (steps.normalise). Their host
+dtype is `host_image_dtype(config, train=...)`: uint8 where the preprocessing
+ends in integers (AutoAugment/RandAugment work on uint8), a quarter of the
+float32 bytes to hold, prefetch and transfer; float32 where it does not (the
+bicubic/bilinear resize of unaugmented training and of eval leaves fractions
+and overshoot outside [0, 255], which TPU-PRE feeds to the network as they
+are). Either way the device sees the values TPU-PRE computes.
 """
 
 from __future__ import annotations
@@ -32,8 +41,10 @@ import tensorflow_datasets as tfds
 from efficientnet_jax import augment
 from efficientnet_jax import autoaugment
 from efficientnet_jax import datasets
+from efficientnet_jax import validate
 
-AUGMENTATIONS = ('none', 'autoaugment', 'randaugment')
+AUGMENTATIONS = validate.AUGMENTATIONS
+HOST_IMAGE_DTYPES = validate.HOST_IMAGE_DTYPES
 # Files read at once; the Flax ImageNet example and tfds use 16 too.
 CYCLE_LENGTH = 16
 # The map functions are plain TF ops with no Python control flow on tensors;
@@ -165,10 +176,36 @@ def _parse(builder, record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   return example['image'], tf.cast(example['label'], tf.int32)
 
 
-def _normalize(image: tf.Tensor, mean_rgb, std_rgb) -> tf.Tensor:
-  mean = tf.constant(mean_rgb, tf.float32)
-  std = tf.constant(std_rgb, tf.float32)
-  return (image - mean) / std
+def host_image_dtype(config, *, train: bool) -> tf.DType:
+  """The dtype images are handed to the devices in (config.host_image_dtype).
+
+  'auto': uint8 for training with AutoAugment/RandAugment, whose output is
+  uint8 (exact); float32 otherwise, keeping the resize's fractions and
+  overshoot. 'uint8' forces uint8 everywhere: where the preprocessing ends in
+  floats, images are clipped to [0, 255] and rounded, so the network sees
+  up to half a level and the overshoot less than TPU-PRE gives it. 'float32'
+  is the float32 hand-over everywhere (augmented images cast exactly).
+  """
+  choice = config.host_image_dtype
+  if choice not in HOST_IMAGE_DTYPES:
+    raise ValueError(f'config.host_image_dtype={choice!r}: use one of '
+                     f'{HOST_IMAGE_DTYPES}.')
+  if choice == 'auto':
+    integral = train and config.augment != 'none'
+    return tf.uint8 if integral else tf.float32
+  return tf.as_dtype(choice)
+
+
+def to_host_dtype(image: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+  """`image` ([0, 255] RGB, uint8 or float32) in the hand-over dtype.
+
+  uint8 to float32 is exact; float32 to uint8 clips and rounds to nearest.
+  """
+  if image.dtype == dtype:
+    return image
+  if dtype == tf.uint8:
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+  return tf.cast(image, dtype)
 
 
 def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
@@ -177,12 +214,13 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
                      crop_padding: int, photo_crops: bool = True,
                      crop_min_area: float = augment.AREA_RANGE[0]
                      ) -> tf.Tensor:
-  """TPU-PRE preprocess_for_train: float32 [res, res, 3] on about [0, 255].
+  """TPU-PRE preprocess_for_train: [res, res, 3] on about [0, 255].
 
   Crop, resize, flip; then, for AutoAugment/RandAugment, clip and truncate to
-  uint8 and augment at final size (docs/reference.md §6.1). Without augmentation the
-  bicubic overshoot outside [0, 255] is kept, as in TPU-PRE. With
-  photo_crops=False the crop is the eval centre crop and there is no flip.
+  uint8 and augment at final size (docs/reference.md §6.1), returning uint8.
+  Without augmentation the result is float32 and keeps the bicubic overshoot
+  outside [0, 255], as in TPU-PRE. With photo_crops=False the crop is the
+  eval centre crop and there is no flip.
   """
   if photo_crops:
     window_fn = functools.partial(
@@ -207,7 +245,7 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, *,
     image = autoaugment.randaugment(image, augment_seed,
                                     num_layers=randaugment_num_layers,
                                     magnitude=randaugment_magnitude)
-  return tf.cast(image, tf.float32)
+  return image
 
 
 def preprocess_eval(image_bytes: tf.Tensor, *, resolution: int,
@@ -245,14 +283,15 @@ def _process_defaults(process_index, process_count) -> tuple[int, int]:
   return process_index, process_count
 
 
-def train_dataset(config, *, resolution: int, resize_method: str, mean_rgb,
-                  std_rgb, local_batch_size: int, start_step: int = 0,
+def train_dataset(config, *, resolution: int, resize_method: str,
+                  local_batch_size: int, start_step: int = 0,
                   process_index: int | None = None,
                   process_count: int | None = None) -> tf.data.Dataset:
   """The infinite, batched train tf.data.Dataset of this process."""
   if config.augment not in AUGMENTATIONS:
     raise ValueError(f'config.augment={config.augment!r}: use one of '
                      f'{AUGMENTATIONS}.')
+  image_dtype = host_image_dtype(config, train=True)
   process_index, process_count = _process_defaults(process_index,
                                                    process_count)
   builder = datasets.get_builder(config.dataset, config.data_dir)
@@ -292,7 +331,7 @@ def train_dataset(config, *, resolution: int, resize_method: str, mean_rgb,
         crop_padding=config.crop_padding,
         photo_crops=config.dataset not in CENTRED_DATASETS,
         crop_min_area=config.train_crop_min_area)
-    return {'image': _normalize(image, mean_rgb, std_rgb), 'label': label}
+    return {'image': to_host_dtype(image, image_dtype), 'label': label}
 
   # Epochs are concatenated lazily; the skip drops serialized records only.
   dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
@@ -303,18 +342,19 @@ def train_dataset(config, *, resolution: int, resize_method: str, mean_rgb,
 
 
 def create_train_iter(config, *, resolution: int, resize_method: str,
-                      mean_rgb, std_rgb, local_batch_size: int,
+                      local_batch_size: int,
                       start_step: int = 0, process_index: int | None = None,
                       process_count: int | None = None
                       ) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite iterator of {'image': float32 (B,H,W,3), 'label': int32 (B,)}.
+  """Infinite iterator of {'image': (B,H,W,3), 'label': int32 (B,)}.
 
-  Images are normalised, (x - mean_rgb) / std_rgb with both on [0, 255].
-  `start_step=k` yields what the iterator started at 0 yields from step k on.
+  Images are [0, 255] RGB in host_image_dtype(config, train=True), not
+  normalised. `start_step=k` yields what the iterator started at 0 yields
+  from step k on.
   """
   return train_dataset(
       config, resolution=resolution, resize_method=resize_method,
-      mean_rgb=mean_rgb, std_rgb=std_rgb, local_batch_size=local_batch_size,
+      local_batch_size=local_batch_size,
       start_step=start_step, process_index=process_index,
       process_count=process_count).as_numpy_iterator()
 
@@ -333,17 +373,19 @@ class EvalIterable:
     return self.num_batches
 
 
-def create_eval_iter(config, *, resolution: int, resize_method: str, mean_rgb,
-                     std_rgb, local_batch_size: int, split: str | None = None,
+def create_eval_iter(config, *, resolution: int, resize_method: str,
+                     local_batch_size: int, split: str | None = None,
                      process_index: int | None = None,
                      process_count: int | None = None
                      ) -> Iterable[dict[str, np.ndarray]]:
   """One deterministic pass over this process's share of the eval split.
 
-  Batches: 'image', 'label' as in training, 'mask' float32 (1 real, 0 pad)
-  and 'index' int64 (the example's position in the split, -1 on padding).
+  Batches: 'image' ([0, 255] RGB in host_image_dtype(config, train=False);
+  zeros on padding), 'label' int32, 'mask' float32 (1 real, 0 pad) and
+  'index' int64 (the example's position in the split, -1 on padding).
   Every batch has local_batch_size rows.
   """
+  image_dtype = host_image_dtype(config, train=False)
   process_index, process_count = _process_defaults(process_index,
                                                    process_count)
   split = config.eval_split if split is None else split
@@ -365,11 +407,11 @@ def create_eval_iter(config, *, resolution: int, resize_method: str, mean_rgb,
                             resize_method=resize_method,
                             crop_padding=config.crop_padding,
                             center_crop=config.eval_center_crop)
-    return {'image': _normalize(image, mean_rgb, std_rgb), 'label': label,
+    return {'image': to_host_dtype(image, image_dtype), 'label': label,
             'mask': tf.constant(1.0), 'index': index}
 
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([resolution, resolution, 3], tf.float32),
+      'image': tf.zeros([resolution, resolution, 3], image_dtype),
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0.0),
       'index': tf.constant(-1, tf.int64),

@@ -3,7 +3,8 @@
 Training and evaluation both start here: a config's model section (and, for a
 checkpoint, its recorded normalisation) becomes the resolved `ArchSpec`, its
 execution section the `Execution` for this backend, and both the
-`EfficientNet` module and the arguments the input pipeline needs to feed it.
+`EfficientNet` module (carrying the input normalisation the steps apply) and
+the arguments the input pipeline needs to feed it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ class Network:
   spec: arch.ArchSpec
   model: models.EfficientNet
   num_classes: int
-  pipeline_args: dict[str, Any]  # resolution, resize, normalisation.
+  pipeline_args: dict[str, Any]  # resolution, resize_method.
+
+  @property
+  def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean_rgb, std_rgb) the steps normalise the pipeline's images with."""
+    return self.model.normalization
 
 
 def normalisation(spec: arch.ArchSpec, meta: Mapping[str, Any] | None
@@ -80,12 +86,14 @@ def build(model_config: Mapping[str, Any], num_classes: int,
     raise errors.ConfigError(f'config.execution: {error}') from None
   try:
     spec = arch.resolve(model_fields)
-    model = models.from_config(model_fields, num_classes, resolved)
+    mean_rgb, std_rgb = normalisation(spec, meta)
+    # The steps normalise with the model's (steps.jit_steps), so the model
+    # carries the checkpoint's normalisation.
+    model = models.from_config(model_fields, num_classes, resolved,
+                               mean_rgb=mean_rgb, std_rgb=std_rgb)
   except ValueError as error:
     raise errors.ConfigError(f'config.model: {error}') from None
-  mean_rgb, std_rgb = normalisation(spec, meta)
   return Network(
       spec=spec, model=model, num_classes=num_classes,
       pipeline_args=dict(resolution=spec.resolution,
-                         resize_method=spec.resize_method,
-                         mean_rgb=mean_rgb, std_rgb=std_rgb))
+                         resize_method=spec.resize_method))

@@ -10,7 +10,7 @@ runtime; train_lib.py adds the data, the loop, checkpoints and metrics.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from flax.training import train_state
 import jax
@@ -23,6 +23,9 @@ from efficientnet_jax import optim
 from efficientnet_jax import sharding
 
 Batch = Mapping[str, Any]
+# (mean_rgb, std_rgb) on [0, 255] RGB: what the network's inputs are
+# normalised with (models.EfficientNet.normalization).
+Normalization = tuple[Sequence[float], Sequence[float]]
 
 # XLA DebugOptions for programs that run once (what jax's
 # jax_disable_most_optimizations sets).
@@ -49,6 +52,20 @@ class TrainState(train_state.TrainState):
   ema_batch_stats: Any
 
 
+def normalise(images: jax.Array, normalization: Normalization) -> jax.Array:
+  """(x - mean_rgb) / std_rgb in float32, for [0, 255] images of any dtype.
+
+  The input pipeline hands over raw RGB, uint8 where its preprocessing ends
+  in integers and float32 where it does not (input_pipeline.host_image_dtype),
+  and every step starts here, inside jit: the host holds and transfers the
+  narrow dtype, and the values equal a host-side float32 normalisation to
+  float32 rounding.
+  """
+  mean_rgb, std_rgb = normalization
+  return ((images.astype(jnp.float32) - jnp.asarray(mean_rgb, jnp.float32))
+          / jnp.asarray(std_rgb, jnp.float32))
+
+
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
                        label_smoothing: float) -> jax.Array:
   """Mean softmax cross-entropy on smoothed one-hot labels (TPU-MAIN)."""
@@ -59,6 +76,7 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
 
 
 def train_step(state: TrainState, batch: Batch, train_rng: jax.Array, *,
+               normalization: Normalization,
                learning_rate_fn: optim.LearningRateFn, label_smoothing: float,
                ema_decay: float, grad_accum_steps: int = 1,
                data_shards: int = 1, mixup_alpha: float = 0.0,
@@ -79,6 +97,7 @@ def train_step(state: TrainState, batch: Batch, train_rng: jax.Array, *,
   shard (`data_shards` of them), so the devices stay evenly loaded and no
   example moves between them. The step count, schedule and EMA advance once.
   """
+  batch = dict(batch, image=normalise(batch['image'], normalization))
   rng = jax.random.fold_in(train_rng, state.step)
   mixed = mixing.is_on(mixup_alpha, cutmix_alpha)
   if mixed:
@@ -156,13 +175,15 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def eval_step(model: models.EfficientNet, variables: Mapping[str, Any],
-              batch: Batch) -> dict[str, jax.Array]:
+              batch: Batch, *,
+              normalization: Normalization) -> dict[str, jax.Array]:
   """Masked sums: top-1 and top-5 correct, loss and example count.
 
   Takes variables rather than a TrainState so one compiled function scores
   raw and EMA weights, and converted checkpoints that have no optimizer.
   """
-  logits = model.apply(variables, batch['image'], train=False)
+  logits = model.apply(variables, normalise(batch['image'], normalization),
+                       train=False)
   mask = batch['mask'].astype(jnp.float32)
   labels = jnp.maximum(batch['label'], 0)  # Padding rows may carry -1.
   _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
@@ -186,9 +207,11 @@ def create_train_state(rng: jax.Array, *, model: models.EfficientNet,
 
 
 def predict_step(model: models.EfficientNet, variables: Mapping[str, Any],
-                 batch: Batch) -> dict[str, jax.Array]:
+                 batch: Batch, *,
+                 normalization: Normalization) -> dict[str, jax.Array]:
   """Top-5 class ids and their softmax probabilities per example."""
-  logits = model.apply(variables, batch['image'], train=False)
+  logits = model.apply(variables, normalise(batch['image'], normalization),
+                       train=False)
   probs, ids = jax.lax.top_k(jax.nn.softmax(logits),
                              min(5, logits.shape[-1]))
   return dict(top5=ids, probs=probs)
@@ -217,8 +240,13 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
               cutmix_alpha: float = 0.0) -> JittedSteps:
   """Wraps the steps in `jax.jit` with their shardings and compiler options.
 
+  Every step normalises its batch's [0, 255] images with
+  `model.normalization` (network.build gives the model a checkpoint's own).
+
   Args:
-    model: the network; eval and predict apply it to `variables`.
+    model: the network; eval and predict apply it to `variables`. It must
+      not normalise its input itself (normalize_input), or the steps' own
+      normalisation would apply twice.
     mesh: a sharding.create_mesh mesh; batches are split on its 'data' axis,
       variables and metrics replicated.
     state_shardings: the TrainState's shardings (default: every leaf
@@ -230,6 +258,10 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
   Returns:
     The JittedSteps. Nothing is compiled until the first call.
   """
+  if model.normalize_input:
+    raise ValueError('jit_steps normalises the images; pass a model built '
+                     'with normalize_input=False.')
+  normalization = model.normalization
   replicated = sharding.replicated(mesh)
   batch = sharding.data_sharded(mesh)
   options = step_compiler_options()
@@ -237,7 +269,8 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
   if learning_rate_fn is not None:
     state = replicated if state_shardings is None else state_shardings
     train = jax.jit(
-        functools.partial(train_step, learning_rate_fn=learning_rate_fn,
+        functools.partial(train_step, normalization=normalization,
+                          learning_rate_fn=learning_rate_fn,
                           label_smoothing=label_smoothing,
                           ema_decay=ema_decay,
                           grad_accum_steps=grad_accum_steps,
@@ -246,10 +279,12 @@ def jit_steps(model: models.EfficientNet, mesh: jax.sharding.Mesh, *,
         in_shardings=(state, batch, replicated),
         out_shardings=(state, replicated),
         donate_argnums=0, compiler_options=options)
-  evaluate = jax.jit(functools.partial(eval_step, model),
+  evaluate = jax.jit(functools.partial(eval_step, model,
+                                       normalization=normalization),
                      in_shardings=(replicated, batch),
                      out_shardings=replicated, compiler_options=options)
-  predict = jax.jit(functools.partial(predict_step, model),
+  predict = jax.jit(functools.partial(predict_step, model,
+                                      normalization=normalization),
                     in_shardings=(replicated, batch), out_shardings=batch,
                     compiler_options=options)
   return JittedSteps(train=train, eval=evaluate, predict=predict)

@@ -252,8 +252,8 @@ def checkpoint_meta(config: ml_collections.ConfigDict,
   """The `meta` item every checkpoint of this run carries."""
   return dict(model=config.model.to_dict(), num_classes=net.num_classes,
               padding=config.model.padding,
-              mean_rgb=list(net.pipeline_args['mean_rgb']),
-              std_rgb=list(net.pipeline_args['std_rgb']),
+              mean_rgb=list(net.normalization[0]),
+              std_rgb=list(net.normalization[1]),
               source=f'train.py {config.dataset}')
 
 

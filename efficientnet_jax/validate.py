@@ -23,6 +23,8 @@ from efficientnet_jax import progressive
 
 # The input pipeline's augmentations (input_pipeline.AUGMENTATIONS).
 AUGMENTATIONS = ('none', 'autoaugment', 'randaugment')
+# The dtype images leave the host in (input_pipeline.host_image_dtype).
+HOST_IMAGE_DTYPES = ('auto', 'uint8', 'float32')
 # Datasets the recipes name; any other TFDS name is looked up in its registry.
 KNOWN_DATASETS = ('digits', 'imagenet2012', 'cifar10', 'cifar100',
                   'oxford_flowers102')
@@ -185,6 +187,7 @@ TOP_RULES: dict[str, Rule] = dict(
     randaugment_num_layers=integer(0),
     randaugment_magnitude=number(0),  # TPU-AA levels, never clipped (B7: 28).
     crop_padding=integer(0),
+    host_image_dtype=one_of(HOST_IMAGE_DTYPES),
     shuffle_buffer_size=integer(1),
     train_image_size=integer(MIN_RESOLUTION, optional=True),
     train_crop_min_area=number(0, 1, low_open=True),

@@ -21,6 +21,7 @@ VARIANTS = [*arch.PRESETS, 'phi=0', 'phi=2.5', 'lite-phi=1']
 REQUIRED_FIELDS = (
     'seed', 'dataset', 'data_dir', 'train_split', 'eval_split', 'augment',
     'randaugment_num_layers', 'randaugment_magnitude', 'crop_padding',
+    'host_image_dtype',
     'shuffle_buffer_size', 'batch_size', 'eval_batch_size', 'grad_accum_steps',
     'num_epochs',
     'num_train_steps', 'learning_rate', 'warmup_epochs', 'lr_decay_epochs',

@@ -8,7 +8,6 @@ from unittest import mock
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from configs import imagenet
 from efficientnet_jax import arch
@@ -17,33 +16,8 @@ from efficientnet_jax import eval_lib
 from efficientnet_jax import models
 from efficientnet_jax import network
 from efficientnet_jax import sharding
+from tests import mock_tfds
 from tests import tiny
-
-NUM_CLASSES = 10
-
-
-class EvalOnlyDigits(tfds.core.GeneratorBasedBuilder):
-  """Six flat 40x40 RGB images in `validation` only; there is no `train`."""
-
-  VERSION = tfds.core.Version('1.0.0')
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {'validation': self._generate_examples()}
-
-  def _generate_examples(self):
-    for example_id in range(6):
-      yield example_id, {'image': np.full((40, 40, 3), 30 * example_id,
-                                          np.uint8),
-                         'label': example_id}
 
 
 def fake_eval_fn(variables, batch):
@@ -135,16 +109,17 @@ def test_scoring_line_of_a_matching_config_names_only_the_checkpoint():
 @pytest.fixture(scope='module')
 def eval_only_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  EvalOnlyDigits(data_dir=data_dir).download_and_prepare()
+  mock_tfds.prepare(data_dir)
   return data_dir
 
 
 def test_checkpoint_scores_on_a_dataset_without_a_train_split(
     tmp_path, eval_only_data_dir):
-  config = tiny.tiny_config(dataset='eval_only_digits',
+  # Batches of 2: the pass has two, and times the second.
+  config = tiny.tiny_config(dataset=mock_tfds.NAME,
                             data_dir=eval_only_data_dir,
-                            eval_split='validation', eval_batch_size=4)
-  model = models.from_config(config.model.to_dict(), NUM_CLASSES)
+                            eval_split='validation', eval_batch_size=2)
+  model = models.from_config(config.model.to_dict(), mock_tfds.NUM_CLASSES)
   # Finite variables without compiling an init: kernels ~N(0, 0.05), BN the
   # identity.
   rng = np.random.default_rng(0)
@@ -159,7 +134,7 @@ def test_checkpoint_scores_on_a_dataset_without_a_train_split(
   variables = jax.tree_util.tree_map_with_path(
       fill, models.abstract_variables(model))
   spec = arch.resolve(config.model.to_dict())
-  meta = dict(model=config.model.to_dict(), num_classes=NUM_CLASSES,
+  meta = dict(model=config.model.to_dict(), num_classes=mock_tfds.NUM_CLASSES,
               padding='same', mean_rgb=list(spec.mean_rgb),
               std_rgb=list(spec.std_rgb), source='a test')
   checkpoints.save(str(tmp_path / 'ckpt'), dict(
@@ -167,7 +142,7 @@ def test_checkpoint_scores_on_a_dataset_without_a_train_split(
 
   results = eval_lib.evaluate_checkpoint(config, str(tmp_path / 'ckpt'))
 
-  assert results['num_examples'] == 6
+  assert results['num_examples'] == mock_tfds.NUM_EXAMPLES
   assert results['split'] == 'validation'
   assert results['weights'] == 'raw'
   assert results['config_differences'] == {}

@@ -3,8 +3,14 @@
 Same interface and contract (start_step=k yields exactly what the
 uninterrupted iterator yields from step k; eval batches padded with mask 0 and
 index -1), on sklearn's bundled handwritten digits, upsampled by pixel
-repetition and placed in a gray canvas of the requested resolution. Lets the
+repetition and placed in a black canvas of the requested resolution. Lets the
 train_lib tests run without tensorflow_datasets.
+
+Images are [0, 255] RGB, not normalised, as the real pipeline hands them
+over. The digits' 17 levels are rounded to integers here, so every image is
+integral and config.host_image_dtype 'auto' hands over uint8 (the real
+pipeline's rule: uint8 where the preprocessing ends in integers); 'float32'
+hands over the same values as float32.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ NUM_EVAL = 297  # Not a multiple of any batch size, to exercise padding.
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
   digits = datasets.load_digits()
-  images = (digits.images * (255.0 / 16.0)).astype(np.float32)  # 0..16 -> 255.
-  return images, digits.target.astype(np.int32)
+  images = np.round(digits.images * (255.0 / 16.0))  # 0..16 -> 0..255.
+  return images.astype(np.uint8), digits.target.astype(np.int32)
 
 
 def _split(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -38,15 +44,20 @@ def dataset_info(config) -> DatasetInfo:
   return DatasetInfo(10, len(images) - NUM_EVAL, NUM_EVAL)
 
 
-def _to_model_input(images, resolution, mean_rgb, std_rgb):
+def host_image_dtype(config) -> type:
+  """uint8 for 'auto' and 'uint8' (the images are integral), else float32."""
+  if config.host_image_dtype not in ('auto', 'uint8', 'float32'):
+    raise ValueError(f'config.host_image_dtype={config.host_image_dtype!r}')
+  return np.float32 if config.host_image_dtype == 'float32' else np.uint8
+
+
+def _to_model_input(images, resolution, dtype):
   scale = max(1, resolution // 8)
-  big = np.kron(images, np.ones((scale, scale), np.float32))
-  canvas = np.zeros((len(images), resolution, resolution), np.float32)
+  big = np.kron(images, np.ones((scale, scale), np.uint8))
+  canvas = np.zeros((len(images), resolution, resolution), np.uint8)
   offset = (resolution - big.shape[1]) // 2
   canvas[:, offset:offset + big.shape[1], offset:offset + big.shape[2]] = big
-  rgb = np.repeat(canvas[..., None], 3, axis=-1)
-  return ((rgb - np.asarray(mean_rgb, np.float32)) /
-          np.asarray(std_rgb, np.float32)).astype(np.float32)
+  return np.repeat(canvas[..., None], 3, axis=-1).astype(dtype)
 
 
 def _process(process_index, process_count):
@@ -57,7 +68,7 @@ def _process(process_index, process_count):
   return process_index, process_count
 
 
-def create_train_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
+def create_train_iter(config, *, resolution, resize_method,
                       local_batch_size, start_step=0, process_index=None,
                       process_count=None):
   """Each process yields its rows of the same global batch, so that N
@@ -65,7 +76,7 @@ def create_train_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
   del resize_method
   index, count = _process(process_index, process_count)
   images, labels = _split(config.train_split)
-  images = _to_model_input(images, resolution, mean_rgb, std_rgb)
+  images = _to_model_input(images, resolution, host_image_dtype(config))
   n = len(labels)
   global_batch_size = local_batch_size * count
   step = start_step
@@ -80,7 +91,7 @@ def create_train_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
     step += 1
 
 
-def create_eval_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
+def create_eval_iter(config, *, resolution, resize_method,
                      local_batch_size, split=None, process_index=None,
                      process_count=None):
   """Each process scores a contiguous share of the split; all processes yield
@@ -89,7 +100,7 @@ def create_eval_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
   del resize_method
   index, count = _process(process_index, process_count)
   images, labels = _split(split or config.eval_split)
-  images = _to_model_input(images, resolution, mean_rgb, std_rgb)
+  images = _to_model_input(images, resolution, host_image_dtype(config))
   shares = np.array_split(np.arange(len(labels)), count)
   num_batches = -(-max(len(share) for share in shares) // local_batch_size)
   mine = shares[index]
@@ -98,7 +109,8 @@ def create_eval_iter(config, *, resolution, resize_method, mean_rgb, std_rgb,
     pad = local_batch_size - len(rows)
     yield dict(
         image=np.concatenate([images[rows],
-                              np.zeros((pad,) + images.shape[1:], np.float32)]),
+                              np.zeros((pad,) + images.shape[1:],
+                                       images.dtype)]),
         label=np.concatenate([labels[rows], np.zeros(pad, np.int32)]),
         mask=np.concatenate([np.ones(len(rows), np.float32),
                              np.zeros(pad, np.float32)]),

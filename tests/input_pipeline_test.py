@@ -7,6 +7,7 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
@@ -16,6 +17,8 @@ import tensorflow_datasets as tfds
 from efficientnet_jax import arch
 from efficientnet_jax import datasets
 from efficientnet_jax import input_pipeline
+from efficientnet_jax import steps
+from tests import mock_tfds
 
 NUM_TRAIN = 24
 NUM_VALIDATION = 13
@@ -52,36 +55,13 @@ class PipelineTestImages(tfds.core.GeneratorBasedBuilder):
       yield example_id, {'image': image, 'label': example_id}
 
 
-class ValidationOnlyImages(tfds.core.GeneratorBasedBuilder):
-  """5 PNGs in a `validation` split and no `train` split, as a user has
-  ImageNet when they only evaluate published weights."""
-
-  VERSION = tfds.core.Version('1.0.0')
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.ClassLabel(num_classes=7),
-        }))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {'validation': self._generate_examples()}
-
-  def _generate_examples(self):
-    for example_id in range(5):
-      image = np.full((20, 24, 3), 40 * example_id, np.uint8)
-      yield example_id, {'image': image, 'label': example_id}
-
-
 def _config(data_dir, **overrides):
   config = ml_collections.ConfigDict(dict(
       dataset='pipeline_test_images', data_dir=data_dir, train_split='train',
       eval_split='validation', augment='none', randaugment_num_layers=2,
-      randaugment_magnitude=10, crop_padding=32, shuffle_buffer_size=16384,
-      train_crop_min_area=0.08, eval_center_crop=True, seed=0))
+      randaugment_magnitude=10, crop_padding=32, host_image_dtype='auto',
+      shuffle_buffer_size=16384, train_crop_min_area=0.08,
+      eval_center_crop=True, seed=0))
   config.update(overrides)
   return config
 
@@ -89,8 +69,8 @@ def _config(data_dir, **overrides):
 def _model_kwargs(variant, local_batch_size, resolution=None):
   spec = arch.spec_for(variant)
   return dict(resolution=resolution or spec.resolution,
-              resize_method=spec.resize_method, mean_rgb=spec.mean_rgb,
-              std_rgb=spec.std_rgb, local_batch_size=local_batch_size)
+              resize_method=spec.resize_method,
+              local_batch_size=local_batch_size)
 
 
 def _temporary_directory(test_case):
@@ -130,15 +110,17 @@ class PipelineTest(parameterized.TestCase):
 
   def test_eval_needs_only_the_eval_split(self):
     data_dir = _temporary_directory(self)
-    ValidationOnlyImages(data_dir=data_dir).download_and_prepare()
-    config = _config(data_dir, dataset='validation_only_images')
+    config = _config(data_dir, dataset=mock_tfds.prepare(data_dir))
     info = input_pipeline.dataset_info(config)
-    self.assertEqual((info.num_classes, info.num_eval_examples), (7, 5))
+    self.assertEqual((info.num_classes, info.num_eval_examples),
+                     (mock_tfds.NUM_CLASSES, mock_tfds.NUM_EXAMPLES))
     batches = list(input_pipeline.create_eval_iter(
-        config, **_model_kwargs('b0', 4, resolution=32), process_index=0,
+        config, **_model_kwargs('b0', 2, resolution=32), process_index=0,
         process_count=1))
     mask = np.concatenate([b['mask'] for b in batches])
-    np.testing.assert_array_equal(mask, [1] * 5 + [0] * 3)
+    np.testing.assert_array_equal(mask, [1] * 3 + [0])
+    labels = np.concatenate([b['label'] for b in batches])[:3]
+    self.assertCountEqual(labels, [mock_tfds.label(i) for i in range(3)])
     # Training, and only training, needs the train split.
     with self.assertRaisesRegex(ValueError, "no split 'train'.*validation"):
       info.num_train_examples  # noqa: B018
@@ -170,16 +152,11 @@ class PipelineTest(parameterized.TestCase):
     self.assertEqual(set(batch), {'image', 'label'})
     self.assertEqual(batch['image'].shape,
                      (2, spec.resolution, spec.resolution, 3))
-    self.assertEqual(batch['image'].dtype, np.float32)
+    # Augmented images are uint8 [0, 255], handed over as they are.
+    self.assertEqual(batch['image'].dtype, np.uint8)
     self.assertEqual(batch['label'].dtype, np.int32)
     self.assertTrue(np.isin(batch['label'], np.arange(NUM_TRAIN)).all())
-    # Augmented images are uint8 before normalisation: undoing (x-mean)/std
-    # gives integers in [0, 255].
-    pixels = batch['image'] * np.array(spec.std_rgb) + np.array(spec.mean_rgb)
-    np.testing.assert_allclose(pixels, np.round(pixels), atol=2e-3)
-    self.assertBetween(pixels.min(), -2e-3, 255.002)
-    self.assertBetween(pixels.max(), -2e-3, 255.002)
-    self.assertGreater(pixels.std(), 10)
+    self.assertGreater(batch['image'].std(), 10)
 
   @parameterized.parameters('b0', 'b3')
   def test_eval_batches(self, variant):
@@ -200,10 +177,49 @@ class PipelineTest(parameterized.TestCase):
     labels = np.concatenate([b['label'] for b in batches])[:13]
     np.testing.assert_array_equal(labels, self.labels_in_order['validation'])
     # Bicubic can overshoot [0, 255] a little; far more would be a bug.
-    pixels = batches[0]['image'] * np.array(spec.std_rgb) + np.array(
-        spec.mean_rgb)
+    pixels = batches[0]['image']
     self.assertBetween(pixels.min(), -40, 10)
     self.assertBetween(pixels.max(), 245, 295)
+
+  def test_host_dtype_follows_the_preprocessing_and_normalises_on_device(
+      self):
+    spec = arch.spec_for('b0')
+    kwargs = dict(_model_kwargs('b0', 4, resolution=64), process_index=0,
+                  process_count=1)
+
+    def first_images(train, **overrides):
+      config = _config(self.data_dir, **overrides)
+      if train:
+        batches = input_pipeline.create_train_iter(config, **kwargs)
+      else:
+        batches = iter(input_pipeline.create_eval_iter(config, **kwargs))
+      return next(batches)['image']
+
+    augmented = first_images(True, augment='randaugment')
+    evaluation = first_images(False)
+    self.assertEqual((augmented.dtype, evaluation.dtype),
+                     (np.uint8, np.float32))
+    # Eval's resize leaves fractions and overshoot that uint8 would lose.
+    self.assertFalse(np.array_equal(evaluation, np.round(evaluation)))
+    self.assertTrue(((evaluation < 0) | (evaluation > 255)).any())
+    # Forced: 'float32' casts the augmented uint8 exactly; 'uint8' rounds
+    # the eval floats.
+    np.testing.assert_array_equal(
+        first_images(True, augment='randaugment', host_image_dtype='float32'),
+        augmented.astype(np.float32))
+    np.testing.assert_array_equal(
+        first_images(False, host_image_dtype='uint8'),
+        np.round(np.clip(evaluation, 0, 255)).astype(np.uint8))
+    # The steps' device-side normalisation equals the host-side float32 one
+    # on the same images.
+    normalization = (spec.mean_rgb, spec.std_rgb)
+    on_device = jax.jit(steps.normalise, static_argnums=1)
+    for images in (augmented, evaluation):
+      on_host = ((tf.cast(images, tf.float32) - tf.constant(spec.mean_rgb))
+                 / tf.constant(spec.std_rgb)).numpy()
+      normalised = np.asarray(on_device(images, normalization))
+      self.assertEqual(normalised.dtype, np.float32)
+      np.testing.assert_allclose(normalised, on_host, rtol=1e-6, atol=0)
 
   def test_resume_yields_the_same_batches(self):
     # 24 examples, batch 4: epoch 1 starts at step 6.
@@ -326,9 +342,8 @@ class DigitsTest(absltest.TestCase):
     test_labels = labels[datasets.digits_split_indices(labels)['test']]
     self.assertBetween(np.bincount(test_labels, minlength=10).min(), 35, 37)
     batch = next(iter(input_pipeline.create_eval_iter(
-        config, resolution=32, resize_method='bilinear', mean_rgb=(0, 0, 0),
-        std_rgb=(1, 1, 1), local_batch_size=4, process_index=0,
-        process_count=1)))
+        config, resolution=32, resize_method='bilinear', local_batch_size=4,
+        process_index=0, process_count=1)))
     self.assertEqual(batch['image'].shape, (4, 32, 32, 3))
     # Gray PNGs come out as RGB with three equal channels.
     np.testing.assert_array_equal(batch['image'][..., 0],

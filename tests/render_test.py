@@ -74,3 +74,24 @@ def test_block_without_results_is_left_as_it_was(tmp_path):
   new_text, replaced, missing = render.replace_blocks(text, rendered)
 
   assert new_text == text and not replaced and missing == ['scaling']
+
+
+def test_first_step_block_gives_both_runs_and_the_warm_target(tmp_path):
+  def train_run(first_step_s, launch_s, cache_before, cache_after, resumed):
+    return dict(first_step_s=first_step_s, launch_to_first_step_s=launch_s,
+                wall_s=launch_s + 20, cache_files_before=cache_before,
+                cache_files_after=cache_after, resumed=resumed,
+                load_average_start=3.0, load_average_end=4.0)
+
+  data = dict(kind='first_step', command='python -m benchmarks.first_step',
+              started_utc='2026-12-02T06:00:00+00:00', machine=MACHINE,
+              runs=dict(cold=train_run(95.0, 120.0, 0, 6, False),
+                        warm=train_run(4.0, 14.5, 6, 6, True)),
+              warm_target_s=10.0, warm_target_met=False,
+              results_file='benchmarks/results/first_step-x.json')
+  (tmp_path / 'first_step-latest.json').write_text(json.dumps(data))
+  block = render.blocks(render.load_latest(str(tmp_path)))['first-step']
+  assert '| cold | empty, 6 files written | 95.0 s | 120.0 s |' in block
+  assert '| warm (resumed) | 6 files | 4.0 s | 14.5 s |' in block
+  assert '14.5 s after launch (target ≤ 10 s: **not met**)' in block
+  assert 'first_step-x.json' in block

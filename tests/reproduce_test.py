@@ -10,7 +10,6 @@ import jax
 import numpy as np
 import pytest
 from safetensors import numpy as safetensors_numpy
-import tensorflow_datasets as tfds
 
 from efficientnet_jax import arch
 from efficientnet_jax import eval_lib
@@ -19,32 +18,9 @@ from efficientnet_jax import reproduce
 from efficientnet_jax.convert import placement
 from efficientnet_jax.convert import tf_official
 from efficientnet_jax.convert import timm
+from tests import mock_tfds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class ReproduceValidationImages(tfds.core.GeneratorBasedBuilder):
-  """Three 40x40 images of ImageNet's 1000 classes, `validation` only."""
-
-  VERSION = tfds.core.Version('1.0.0')
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.ClassLabel(num_classes=1000),
-        }))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {'validation': self._generate_examples()}
-
-  def _generate_examples(self):
-    for example_id in range(3):
-      image = np.random.default_rng(example_id).integers(
-          0, 256, (40, 40, 3)).astype(np.uint8)
-      yield example_id, {'image': image, 'label': 7 * example_id}
 
 
 def b0_variables():
@@ -68,7 +44,7 @@ def b0_variables():
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  ReproduceValidationImages(data_dir=data_dir).download_and_prepare()
+  mock_tfds.prepare(data_dir)
   downloads = tmp_path_factory.mktemp('downloads')
   spec, variables = b0_variables()
   # As the AutoAugment tarball unpacks under the bucket folder's name.
@@ -87,7 +63,7 @@ def run(setup, output):
   data_dir, downloads = setup
   return reproduce.reproduce(
       downloads, str(output), data_dir=data_dir,
-      dataset='reproduce_validation_images', eval_batch_size=4,
+      dataset=mock_tfds.NAME, eval_batch_size=4,
       resolution=32)
 
 
@@ -160,7 +136,7 @@ def test_converts_scores_and_tabulates_then_resumes(setup, tmp_path):
                               'published')
     assert entry['published_top1'] == published
     assert entry['difference'] == pytest.approx(entry['top1'] - published)
-    assert entry['result']['num_examples'] == 3
+    assert entry['result']['num_examples'] == mock_tfds.NUM_EXAMPLES
     assert os.path.isdir(tmp_path / 'converted' / name)
   assert entries['timm-b0-ns']['source'] == 'timm'
   assert entries['b0-baseline']['state'] == reproduce.NOT_YET

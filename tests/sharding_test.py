@@ -21,7 +21,8 @@ def test_batch_size_must_divide_over_devices(monkeypatch):
 
 
 def test_eight_devices_equal_one_device_with_one_compile():
-  """One step on 8 (fake CPU) devices = one step on 1, BN statistics included."""
+  """One step on 8 (fake CPU) devices = one step on 1, BN statistics,
+  dropout and drop-path included."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root)
   result = subprocess.run([sys.executable, '-m', 'tests.multidevice_check'],
@@ -32,6 +33,7 @@ def test_eight_devices_equal_one_device_with_one_compile():
   assert measured['devices'] == 8
   # params, batch_stats, opt_state and EMA after the step.
   assert measured['first_step_difference'] < 1e-5, measured
+  assert measured['other_rng_difference'] > 1e-4, measured
   assert measured['compiles'] == 1, measured
   assert measured['shardings_preserved'], measured
   assert 'not divisible by the 8 devices' in measured['indivisible_error']

@@ -17,10 +17,13 @@ import numpy as np
 import optax
 import pytest
 
+from efficientnet_jax import arch
 from efficientnet_jax import sharding
 from efficientnet_jax import steps
 from tests import models_test
 from tests import tiny
+
+IMAGENET = (arch.IMAGENET_MEAN, arch.IMAGENET_STD)
 
 
 class StepsTest(absltest.TestCase):
@@ -124,6 +127,8 @@ def test_loss_goes_down_on_a_fixed_batch():
 
 class LogitsAreImages(nn.Module):
   """A stand-in network whose logits are its (B, 1, 1, C) input."""
+  normalization: steps.Normalization = ((0.0,), (1.0,))
+  normalize_input: bool = False
 
   @nn.compact
   def __call__(self, x, *, train):
@@ -140,7 +145,8 @@ def test_eval_step_metric_arithmetic_on_fixed_logits():
   batch = dict(image=logits.reshape(4, 1, 1, 6),
                label=np.array([2, 4, 5, -1], np.int32),
                mask=np.array([1, 1, 1, 0], np.float32))
-  sums = steps.eval_step(LogitsAreImages(), {}, batch)
+  sums = steps.eval_step(LogitsAreImages(), {}, batch,
+                         normalization=((0.0,), (1.0,)))
   assert float(sums['top1']) == 1.0
   assert float(sums['top5']) == 2.0
   assert float(sums['count']) == 3.0
@@ -148,6 +154,28 @@ def test_eval_step_metric_arithmetic_on_fixed_logits():
       jnp.asarray(logits[i]), i_label)) for i, i_label in ((0, 2), (1, 4),
                                                             (2, 5)))
   np.testing.assert_allclose(float(sums['loss']), expected_loss, rtol=1e-6)
+
+
+def test_jitted_steps_normalise_uint8_images_with_the_models_normalization():
+  normalization = ((100.0, 0.0, 50.0), (1.0, 2.0, 4.0))
+  model = LogitsAreImages(normalization=normalization)
+  images = np.array([[90, 4, 70], [101, 0, 30]], np.uint8).reshape(2, 1, 1, 3)
+  logits = (images.reshape(2, 3) - np.array(normalization[0])) / np.array(
+      normalization[1])  # [[-10, 2, 5], [1, 0, -5]]
+  mesh = sharding.create_mesh()
+  jitted = steps.jit_steps(model, mesh)
+  batch = sharding.shard_batch(dict(
+      image=images, label=np.array([2, 1], np.int32),
+      mask=np.ones(2, np.float32)), mesh)
+  top = jitted.predict({}, batch)
+  np.testing.assert_array_equal(top['top5'], [[2, 1, 0], [0, 1, 2]])
+  np.testing.assert_allclose(top['probs'], np.sort(
+      jax.nn.softmax(logits), axis=-1)[:, ::-1], rtol=1e-6)
+  sums = jitted.eval({}, batch)
+  assert (float(sums['top1']), float(sums['count'])) == (1.0, 2.0)
+  with pytest.raises(ValueError, match='normalize_input=False'):
+    steps.jit_steps(models_test.tiny_model().clone(normalize_input=True),
+                    mesh)
 
 
 
@@ -172,7 +200,8 @@ def test_accumulated_micro_batches_give_the_whole_batch_update():
 
   def one_step(model, grad_accum_steps):
     step = jax.jit(functools.partial(
-        steps.train_step, learning_rate_fn=lambda s: 0.05,
+        steps.train_step, normalization=IMAGENET,
+        learning_rate_fn=lambda s: 0.05,
         label_smoothing=0.1, ema_decay=0.9999,
         grad_accum_steps=grad_accum_steps))
     return step(state.replace(apply_fn=model.apply), batch,
@@ -193,7 +222,7 @@ def test_accumulated_micro_batches_give_the_whole_batch_update():
   for rows in (slice(0, 4), slice(4, 8)):
     _, updates = model.apply(
         {'params': state.params, 'batch_stats': batch_stats},
-        batch['image'][rows], train=True,
+        steps.normalise(batch['image'][rows], IMAGENET), train=True,
         rngs={'dropout': jax.random.key(0)}, mutable=['batch_stats'])
     batch_stats = updates['batch_stats']
   for got, want in zip(jax.tree.leaves(accumulated.batch_stats),

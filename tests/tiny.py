@@ -38,6 +38,20 @@ def two_block_model(drop_path_rate=0.0, num_classes=10):
   return models.EfficientNet(spec, num_classes=num_classes)
 
 
+def random_ops_model(rate=0.3, num_classes=10):
+  """two_block_model plus a repeat of its second block, which has an identity
+  skip: drop-path (on that block) and head dropout both at `rate`."""
+  spec = arch.resolve(tiny_config().model)
+  second = spec.blocks[1]
+  repeat = dataclasses.replace(second, index=1, stride=1,
+                               in_filters=second.out_filters,
+                               drop_path_rate=rate)
+  assert repeat.has_skip
+  spec = dataclasses.replace(spec, blocks=(spec.blocks[0], second, repeat),
+                             dropout_rate=rate, drop_path_rate=rate)
+  return models.EfficientNet(spec, num_classes=num_classes)
+
+
 def make_state(model, learning_rate=0.05, **config_overrides):
   config = tiny_config(**config_overrides)
   tx = optim.create_optimizer(config, lambda step: learning_rate)
@@ -45,8 +59,8 @@ def make_state(model, learning_rate=0.05, **config_overrides):
 
 
 def fixed_batch(batch_size=8, resolution=32):
+  """A batch as the pipeline hands it over: uint8 [0, 255] images."""
   config = tiny_config()
   return next(fake_pipeline.create_train_iter(
       config, resolution=resolution, resize_method='bicubic',
-      mean_rgb=arch.IMAGENET_MEAN, std_rgb=arch.IMAGENET_STD,
       local_batch_size=batch_size))

@@ -45,8 +45,10 @@ class NaNFromStep:
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(
     tmp_path):
+  # float32 images, so that NaN can be written into them.
   config = tiny.tiny_config(num_train_steps=5, checkpoint_every_steps=2,
-                       log_every_steps=1, eval_every_epochs=100.0)
+                            log_every_steps=1, eval_every_epochs=100.0,
+                            host_image_dtype='float32')
   with pytest.raises(FloatingPointError, match=r'at step 4\b.*last good '
                      r'checkpoint is step 2'):
     train_lib.train_and_evaluate(config, str(tmp_path),
