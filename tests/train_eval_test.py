@@ -158,7 +158,7 @@ BAD_INPUTS = [
     (TRAIN, ['--config.modle=1'], 2, '(did you mean model?)'),
     (TRAIN, ['--config.model.widht=2'], 2,
      'Unknown config field config.model.widht in --config.model.widht; '
-     'config.model has: alpha, beta, bn_group_size,'),
+     'config.model has: alpha, beta, blocks, bn_group_size,'),
     (TRAIN, ['--config.model.resolution=0'], 1,
      'config.model.resolution=0 is not allowed: use an integer >= 32'),
     (TRAIN, ['--config.model.phi=100'], 1, 'config.model.phi=100.0'),
