@@ -13,6 +13,7 @@ NAMEs, from throughput-latest.json: throughput-summary (one line per task:
 ours, the fastest peer, the ratios), throughput-full (every contender),
 throughput-rounds (each round's figures), throughput-setup (machine,
 software, the recipe the peers ran); from scaling-latest.json: scaling; from
+fused-latest.json (a --scaling run of b0 against v2-b0): fused; from
 input_pipeline-latest.json: input-pipeline and host-bytes; from
 first_step-latest.json: first-step; from both throughput and scaling:
 targets. Every block ends with the results file it was rendered from. A file
@@ -33,7 +34,8 @@ from benchmarks import report
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 DEFAULT_FILES = ('README.md', os.path.join('docs', 'performance.md'))
-RESULT_NAMES = ('throughput', 'scaling', 'input_pipeline', 'first_step')
+RESULT_NAMES = ('throughput', 'scaling', 'fused', 'input_pipeline',
+                'first_step')
 MARKER = re.compile(
     r'(?P<open><!-- generated:(?P<name>[\w-]+) \(python -m benchmarks\.render'
     r'\) -->\n)(?P<body>.*?)(?P<close><!-- /generated:(?P=name) -->)',
@@ -180,6 +182,9 @@ def blocks(latest: dict[str, dict]) -> dict[str, str]:
   if scaling:
     found['scaling'] = (report.scaling_table(scaling['scaling']) + '\n\n' +
                         source_line(scaling))
+  if latest.get('fused'):
+    found['fused'] = (report.scaling_table(latest['fused']['scaling']) +
+                      '\n\n' + source_line(latest['fused']))
   if throughput or scaling:
     rows = report.targets(throughput and throughput['summary'],
                           scaling and scaling['scaling'])
