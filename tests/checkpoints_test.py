@@ -17,7 +17,8 @@ META = dict(source='test')
 
 SAVE_SHARDED = '''
 import os, sys
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+os.environ['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8 '
+                           '--xla_cpu_collective_call_terminate_timeout_seconds=600')
 import jax, jax.numpy as jnp
 from efficientnet_jax import checkpoints
 mesh = jax.make_mesh((8,), ('data',))

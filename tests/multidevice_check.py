@@ -12,8 +12,10 @@ one JSON line of measurements for the test to assert on.
 
 import os
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')
+from tests import fake_devices  # Pure Python: no jax before the flags.
+
+os.environ['XLA_FLAGS'] = fake_devices.xla_flags(
+    8, os.environ.get('XLA_FLAGS', ''))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import functools

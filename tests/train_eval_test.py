@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from efficientnet_jax import checkpoints
+from tests import fake_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ('--config.model.phi=1.0', '--config.model.alpha=0.01',
@@ -78,8 +79,8 @@ def test_resume_on_4_devices_from_a_1_device_checkpoint_equals_a_straight_run(
   workdir = str(tmp_path / 'resumed')
   train(workdir, 3, data_dir, env=env)
   assert checkpoints.latest_step(workdir) == 3
-  four_devices = dict(env, XLA_FLAGS=(
-      env.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'))
+  four_devices = dict(env, XLA_FLAGS=fake_devices.xla_flags(
+      4, env.get('XLA_FLAGS', '')))
   second = train(workdir, 6, data_dir, env=four_devices)
   assert 'Resumed from' in second.stderr and 'at step 3' in second.stderr
   assert 'on 4 devices' in second.stderr
