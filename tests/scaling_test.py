@@ -109,6 +109,9 @@ def test_study_solves_each_dimension_to_the_target():
     assert (width.depth, width.resolution) == (1.0, 32)
     assert (depth.width, depth.resolution) == (1.0, 32)
     assert (resolution.width, resolution.depth) == (1.0, 1.0)
+    # Its factor is the size it trains at over the base's (a multiple of 4).
+    assert resolution.factor == resolution.resolution / 32
+    assert resolution.resolution % 4 == 0 and resolution.resolution > 32
     # Width moves in steps of 8 channels: within 10 % of the target.
     assert width.macs / base.macs == pytest.approx(target, rel=0.1)
     # No other value of the coefficient comes closer to the target.

@@ -257,6 +257,9 @@ def study_plan(config: Mapping[str, Any], num_classes: int,
       low = 0.0 if strategy == 'compound' else 1.0
       factor = grid.bisect(lambda f, s=strategy: macs(s, f),
                            target * base_macs, low)
+      if strategy == 'resolution':  # The rounded size over the base's.
+        factor = grid.scaled_resolution(resolution0, factor,
+                                        multiple) / resolution0
       runs.extend(make_run(
           'study', f'{strategy}_{label_number(target)}x', strategy, seed,
           recipe, network(strategy, factor), num_classes,
