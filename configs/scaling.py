@@ -42,6 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = ml_collections.FieldReference(None, field_type=int)
   config.num_epochs = ml_collections.FieldReference(None, field_type=float)
   config.num_train_steps = ml_collections.FieldReference(None, field_type=int)
+  # The table ranks the last step's eval, so by default a run evaluates only
+  # there (0); e.g. 5.0 adds the recipe's eval every 5 epochs.
+  config.eval_every_epochs = ml_collections.FieldReference(0.0,
+                                                           field_type=float)
   # The base network's resolution, which gamma scales; None: the recipe's
   # model.resolution, else the variant's (224 for b0).
   config.base_resolution = ml_collections.FieldReference(None, field_type=int)

@@ -6,6 +6,7 @@ tests/fake_pipeline.py, through the same runs.train the commands use.
 """
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -175,7 +176,8 @@ def test_printed_command_is_a_train_py_command():
   item = runs_lib.Prepared(run, runs_lib.run_config(config, run), 'W/x', 7)
   assert runs_lib.command(config, item) == (
       'python train.py --config=configs/demo.py:b0 --workdir=W/x '
-      '--config.num_train_steps=7 --config.model.alpha=1.0 '
+      '--config.num_train_steps=7 --config.eval_every_epochs=0.0 '
+      '--config.model.alpha=1.0 '
       '--config.model.beta=1.0 --config.model.gamma=1.5 '
       '--config.model.phi=1.0 --config.model.resolution=48 --config.seed=0')
 
@@ -302,6 +304,34 @@ def test_best_line_and_printed_command_parse_as_train_py_flags():
     assert parsed.to_dict() == item.config.to_dict()
 
 
+def test_tidy_names_a_network_by_its_shortest_decimal():
+  # Repeats round up: 1.0000001 and 1.1 both make one block two.
+  assert grid.tidy(lambda d: math.ceil(d * 1), 1.0000001) == 1.1
+  assert grid.tidy(lambda d: math.ceil(d * 4), 1.2500001) == 1.3
+  # Of two candidates that build it, the closer: 1.7 and 1.8 both round
+  # a two-block stage up to 4 blocks, as 1.76 does.
+  assert grid.tidy(lambda d: math.ceil(d * 2), 1.76) == 1.8
+  assert grid.tidy(lambda d: math.ceil(d * 2), 1.74) == 1.7
+  # Nothing shorter builds it: the factor itself.
+  assert grid.tidy(lambda d: d, 1.2345678) == 1.2345678
+
+
+def test_study_depth_on_one_block_stages_reads_as_blocks():
+  # B0's seven stages with one block each (the demo's base): any depth
+  # coefficient above 1 doubles every stage, which bisection meets at
+  # 1 + 2^-60; the table names it 1.1 and counts the blocks.
+  one_block = tuple('r1' + s[2:] for s in arch.B0_BLOCKS)
+  config = demo_config(**{'base_blocks': one_block,
+                          'study.mac_targets': (2.0,),
+                          'study.strategies': ('depth',)})
+  base, depth = plan_lib.study_plan(config, 10,
+                                    grid.Coefficients(1.2, 1.1, 1.15))
+  assert (base.blocks, depth.blocks) == (7, 14)
+  assert depth.factor == depth.depth == 1.1
+  spec = arch.resolve(runs_lib.run_config(config, depth).model)
+  assert depth.macs == arch.count_macs(spec, 10)
+
+
 def test_own_block_strings_as_base():
   # Three stages of B0's table, V2's one-digit stride form in the middle.
   blocks = ('r1_k3_s11_e1_i32_o16_se0.25', 'r2_k3_s2_e6_i16_o24_se0.25',
@@ -332,7 +362,7 @@ def record(label, strategy, seed, top1, macs, factor=1.0,
            coefficients=(1.2, 1.1, 1.15)):
   return dict(name=f'{label}/seed{seed}', kind='x', label=label,
               strategy=strategy, seed=seed, factor=factor,
-              coefficients=list(coefficients), width=1.0, depth=1.0,
+              coefficients=list(coefficients), width=1.0, depth=1.0, blocks=16,
               resolution=32, macs=macs, steps=10, overrides={},
               metrics={'eval/top1': top1})
 

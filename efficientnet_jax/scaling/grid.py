@@ -7,14 +7,15 @@ alpha * beta^2 * gamma^2 lies within a relative `tolerance` of `target`.
 resolution or compound phi) whose network's multiply-adds, as
 `arch.count_macs` counts them, come closest to a target, by bisection: the
 count is a non-decreasing step function of each coefficient (channels round
-to multiples of 8, repeats round up, resolution is an integer).
+to multiples of 8, repeats round up, resolution is an integer). `tidy`
+then names the solved network by the shortest decimal that builds it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 from efficientnet_jax import errors
 
@@ -140,3 +141,23 @@ def parse_shard(text: str) -> tuple[int, int]:
                              ) from None
   shard([], index, count)  # Checks the range.
   return index, count
+
+
+def tidy(network: Callable[[float], Any], factor: float,
+         max_digits: int = 6) -> float:
+  """The decimal with the fewest digits whose network equals `network(factor)`.
+
+  Bisection stops a hair past a rounding boundary: depth 1.0000001 already
+  gives a one-block stage two blocks, which would print as 'x1'. Candidates
+  round `factor` up and down to 1, 2, ... digits; of two that build the
+  same network the closer wins. `network` returns anything comparable.
+  """
+  wanted = network(factor)
+  for digits in range(1, max_digits + 1):
+    scale = 10**digits
+    matches = [candidate for candidate in (math.floor(factor * scale) / scale,
+                                           math.ceil(factor * scale) / scale)
+               if network(candidate) == wanted]
+    if matches:
+      return min(matches, key=lambda c: abs(c - factor))
+  return factor

@@ -32,7 +32,8 @@ from efficientnet_jax.scaling import grid
 KINDS = ('search', 'study', 'sweep')
 # Recipe fields the scaling config may set (None there: the recipe's value).
 RECIPE_FIELDS = ('dataset', 'data_dir', 'train_split', 'eval_split',
-                 'batch_size', 'num_epochs', 'num_train_steps')
+                 'batch_size', 'num_epochs', 'num_train_steps',
+                 'eval_every_epochs')
 BEST_FILE = 'best.json'
 
 
@@ -48,6 +49,7 @@ class Run:
   factor: float  # What the strategy scales: phi, width, depth, res / base.
   width: float
   depth: float
+  blocks: int  # Blocks in all stages, after depth rounding.
   resolution: int
   macs: int
 
@@ -152,7 +154,7 @@ def make_run(kind: str, label: str, strategy: str, seed: int,
              overrides=tuple(sorted(dict(overrides, seed=seed).items())),
              coefficients=coefficients, factor=factor,
              width=spec.width_coefficient, depth=spec.depth_coefficient,
-             resolution=spec.resolution,
+             blocks=len(spec.blocks), resolution=spec.resolution,
              macs=arch.count_macs(spec, num_classes))
 
 
@@ -243,10 +245,18 @@ def study_plan(config: Mapping[str, Any], num_classes: int,
     return model_overrides(recipe.model, dropout_rate=base.dropout_rate,
                            **fields)
 
-  def macs(strategy: str, factor: float) -> int:
+  def spec(strategy: str, factor: float) -> arch.ArchSpec:
     model = dict(recipe.model) | {key.split('.', 1)[1]: value for key, value
                                   in network(strategy, factor).items()}
-    return arch.count_macs(arch.resolve(model), num_classes)
+    return arch.resolve(model)
+
+  def macs(strategy: str, factor: float) -> int:
+    return arch.count_macs(spec(strategy, factor), num_classes)
+
+  def layers(strategy: str, factor: float) -> tuple[Any, ...]:
+    built = spec(strategy, factor)
+    return (built.stem_filters, built.head_filters, built.blocks,
+            built.resolution)
 
   base_macs = macs('width', 1.0)
   runs = [make_run('study', 'base', 'base', seed, recipe,
@@ -260,6 +270,8 @@ def study_plan(config: Mapping[str, Any], num_classes: int,
       if strategy == 'resolution':  # The rounded size over the base's.
         factor = grid.scaled_resolution(resolution0, factor,
                                         multiple) / resolution0
+      else:
+        factor = grid.tidy(lambda f, s=strategy: layers(s, f), factor)
       runs.extend(make_run(
           'study', f'{strategy}_{label_number(target)}x', strategy, seed,
           recipe, network(strategy, factor), num_classes,

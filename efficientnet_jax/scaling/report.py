@@ -36,7 +36,8 @@ def collect(prepared: Sequence[runs_lib.Prepared],
         coefficients=(None if run.coefficients is None else
                       [run.coefficients.alpha, run.coefficients.beta,
                        run.coefficients.gamma]),
-        width=run.width, depth=run.depth, resolution=run.resolution,
+        width=run.width, depth=run.depth, blocks=run.blocks,
+        resolution=run.resolution,
         macs=run.macs, steps=item.total_steps, overrides=dict(run.overrides),
         metrics={key: value for key, value in metrics.items()
                  if key.startswith(('eval/', 'eval_ema/'))}))
@@ -51,7 +52,7 @@ def aggregate(records: Sequence[Mapping[str, Any]], metric: str,
     row = rows.setdefault(record['label'], dict(
         {key: record[key] for key in ('kind', 'label', 'strategy', 'factor',
                                       'coefficients', 'width', 'depth',
-                                      'resolution', 'macs', 'steps')},
+                                      'blocks', 'resolution', 'macs', 'steps')},
         values=[]))
     row['values'].append(record['metrics'][metric])
   for row in rows.values():
@@ -98,8 +99,8 @@ def format_percent(row: Mapping[str, Any]) -> str:
 def markdown(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
   """The table: one row per network, by strategy then MACs."""
   lines = [f'| network | strategy | alpha, beta, gamma / phi | width | depth '
-           f'| resolution | MMACs | M params | {metric} (%) |',
-           '|---|---|---|---|---|---|---|---|---|']
+           f'| blocks | resolution | MMACs | M params | {metric} (%) |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   for row in sorted(rows, key=lambda r: (r['strategy'], r['macs'],
                                          r['label'])):
     if row['coefficients'] is not None and row['strategy'] == 'search':
@@ -111,7 +112,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
     params = f'{row["params"] / 1e6:.2f}' if 'params' in row else '-'
     lines.append(
         f'| {row["label"]} | {row["strategy"]} | {scaling} | '
-        f'{row["width"]:.3g} | {row["depth"]:.3g} | {row["resolution"]} | '
+        f'{row["width"]:.3g} | {row["depth"]:.3g} | {row["blocks"]} | '
+        f'{row["resolution"]} | '
         f'{row["macs"] / 1e6:.1f} | {params} | {format_percent(row)} |')
   return '\n'.join(lines) + '\n'
 
